@@ -1,0 +1,22 @@
+"""unlearnlm: make a language model forget specific texts, and measure both sides."""
+
+__version__ = "0.1.0"
+
+__all__ = ["unlearn", "UnlearnConfig", "UnlearnError"]
+
+
+def __getattr__(name: str):
+    """Import the heavy parts (torch, transformers) only when used."""
+    if name == "unlearn":
+        from unlearnlm.loop import unlearn
+
+        return unlearn
+    if name == "UnlearnConfig":
+        from unlearnlm.config import UnlearnConfig
+
+        return UnlearnConfig
+    if name == "UnlearnError":
+        from unlearnlm.errors import UnlearnError
+
+        return UnlearnError
+    raise AttributeError(name)

@@ -1,0 +1,150 @@
+"""The ``unlearnlm`` command: ``unlearn`` and ``methods`` (see ``unlearnlm -h``).
+
+Every field of :class:`~unlearnlm.config.UnlearnConfig` is a flag of ``unlearn`` (``lr`` is
+``--lr``, ``prefix_tokens`` is ``--prefix-tokens``); flags override ``--config FILE.yaml``, which
+overrides the defaults. Bad input exits with status 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+
+from unlearnlm.config import UnlearnConfig
+from unlearnlm.errors import UnlearnError
+
+log = logging.getLogger("unlearnlm")
+
+
+def _flag_type(annotation: str):
+    if "bool" in annotation:
+        return None
+    if annotation.startswith("int"):
+        return _int_or_null if "None" in annotation else int
+    if annotation.startswith("float"):
+        return float
+    return str
+
+
+def _int_or_null(value: str) -> int | None:
+    return None if value.lower() in ("none", "null", "all") else int(value)
+
+
+def _loss_weight(value: str) -> tuple[str, float]:
+    name, sep, weight = value.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT, got '{value}'")
+    return name.strip(), float(weight)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, default None so that YAML and defaults apply underneath."""
+    defaults = UnlearnConfig.__dataclass_fields__
+    for f in dataclasses.fields(UnlearnConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {_default_of(defaults[f.name])})"
+        annotation = str(f.type)
+        if f.name == "loss_weights":
+            parser.add_argument("--loss-weight", dest="loss_weights", action="append",
+                                type=_loss_weight, metavar="TERM=W", help=f.metadata["help"])
+        elif f.name == "adam_betas":
+            parser.add_argument(flag, nargs=2, type=float, metavar=("B1", "B2"), help=help_text)
+        elif "bool" in annotation:
+            parser.add_argument(flag, action="store_const", const=True, help=help_text)
+        else:
+            parser.add_argument(flag, type=_flag_type(annotation), help=help_text)
+
+
+def _default_of(f: dataclasses.Field) -> object:
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return f.default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unlearnlm",
+        description="Make a language model forget specific texts, and measure both sides.",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("unlearn", help="unlearn a forget set (ICU by default)")
+    run.add_argument("--config", help="YAML file of settings (flags override it)")
+    add_config_flags(run)
+    run.set_defaults(func=cmd_unlearn)
+
+    methods = sub.add_parser("methods", help="list the methods and their loss weights")
+    methods.set_defaults(func=cmd_methods)
+    return parser
+
+
+def cmd_unlearn(args: argparse.Namespace) -> int:
+    from unlearnlm.loop import unlearn
+
+    values = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(UnlearnConfig)}
+    if values.get("loss_weights"):
+        values["loss_weights"] = dict(values["loss_weights"])
+    config = UnlearnConfig.from_sources(args.config, **values)
+    config.require_paths()
+    record = unlearn(config)
+    stopped = record["stopped"]
+    print(
+        f"Done after {stopped['epoch']} epochs ({stopped['reason']}); "
+        f"{record['epochs'][-1]['active']} of {record['forget_set']['samples']} samples still "
+        f"active. Model and run.json in {config.out}"
+    )
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from unlearnlm.losses import METHODS
+
+    for name, method in METHODS.items():
+        weights = json.dumps(method.weights)
+        iur = "drops forgotten samples" if method.iterative_refinement else "no dropping"
+        print(f"{name:12s} {weights}  ({iur}) {method.summary}")
+    return 0
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("transformers", "sentence_transformers", "accelerate", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.quiet)
+    try:
+        return args.func(args)
+    except UnlearnError as exc:
+        print(f"unlearnlm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("unlearnlm: interrupted; nothing was written to the output directory",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+

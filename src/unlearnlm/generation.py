@@ -1,0 +1,129 @@
+"""Batched generation from token-id prefixes, used by IUR scoring and the metrics.
+
+``generate_continuations`` takes prefixes of any lengths, left-pads them into batches (shortest
+first, to waste little on padding), runs plain greedy or beam search through the model's own
+``generate`` and hands back only the new tokens of each prefix, in the order given.
+
+Greedy here means argmax at every step and nothing else: a model's saved generation settings
+(sampling, repetition penalties, banned n-grams) are switched off explicitly, because the exact
+shortcut of ``metrics.extraction_likelihood`` relies on greedy being the teacher-forced argmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from tqdm.auto import tqdm
+
+from unlearnlm.errors import UnlearnError
+
+# Settings a model's own generation_config may carry that would make "greedy" differ from argmax.
+_PLAIN_SEARCH = {
+    "do_sample": False,
+    "min_new_tokens": 0,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "temperature": None,
+    "top_k": None,
+    "top_p": None,
+    "return_dict_in_generate": False,
+}
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (where its inputs must go)."""
+    return next(model.parameters()).device
+
+
+@contextmanager
+def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Put the model in eval mode for the block, then restore its previous train/eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def left_padded(
+    prefixes: list[list[int]], pad_token_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack token lists into (B, L) ``input_ids`` and ``attention_mask``, pads on the left."""
+    width = max(len(p) for p in prefixes)
+    input_ids = torch.full((len(prefixes), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+    for row, prefix in enumerate(prefixes):
+        if prefix:
+            input_ids[row, width - len(prefix) :] = torch.tensor(prefix, dtype=torch.long)
+            attention_mask[row, width - len(prefix) :] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def cut_at_eos(tokens: list[int], eos_token_id: int | None) -> list[int]:
+    """The tokens before the first ``eos_token_id`` (all of them when there is none)."""
+    if eos_token_id is not None and eos_token_id in tokens:
+        return tokens[: tokens.index(eos_token_id)]
+    return tokens
+
+
+def _check_arguments(
+    prefixes: list[list[int]], max_new_tokens: int, num_beams: int, batch_size: int
+) -> None:
+    if max_new_tokens < 0:
+        raise UnlearnError(f"max_new_tokens is {max_new_tokens}; give 0 or more")
+    if num_beams < 1:
+        raise UnlearnError(f"num_beams is {num_beams}; give 1 (greedy) or more (beam search)")
+    if batch_size < 1:
+        raise UnlearnError(f"batch_size is {batch_size}; give 1 or more")
+    empty = [i for i, prefix in enumerate(prefixes) if len(prefix) == 0]
+    if empty:
+        raise UnlearnError(
+            f"prefix {empty[0]} is empty ({len(empty)} empty in all); generation needs at least "
+            "one token of context per prefix"
+        )
+
+
+def generate_continuations(
+    model,
+    prefixes: list[list[int]],
+    max_new_tokens: int,
+    *,
+    pad_token_id: int,
+    eos_token_id: int | None = None,
+    num_beams: int = 1,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> list[list[int]]:
+    """Generate up to ``max_new_tokens`` after each prefix; return only the new tokens.
+
+    Greedy when ``num_beams == 1``, beam search otherwise, never sampling. Each continuation ends
+    before the first ``eos_token_id`` (the eos itself is dropped); with ``eos_token_id=None``
+    nothing stops generation early, so every continuation has exactly ``max_new_tokens`` tokens.
+    The result is in the order of ``prefixes``. The model's train/eval mode is restored after.
+    """
+    _check_arguments(prefixes, max_new_tokens, num_beams, batch_size)
+    if max_new_tokens == 0:
+        return [[] for _ in prefixes]
+    order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
+    results: list[list[int]] = [[] for _ in prefixes]
+    settings = dict(
+        _PLAIN_SEARCH,
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+    )
+    device = model_device(model)
+    starts = range(0, len(order), batch_size)
+    with evaluation_mode(model), torch.inference_mode():
+        for first in tqdm(starts, desc="generating", unit="batch", disable=not progress):
+            chunk = order[first : first + batch_size]
+            input_ids, attention_mask = left_padded([prefixes[i] for i in chunk], pad_token_id, device)
+            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
+            new_tokens = output[:, input_ids.shape[1] :].tolist()  # (B, <= max_new_tokens)
+            for index, tokens in zip(chunk, new_tokens, strict=True):
+                results[index] = cut_at_eos(tokens, eos_token_id)
+    return results

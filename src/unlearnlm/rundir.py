@@ -1,0 +1,110 @@
+"""The output directory of a run: checked before any work, written atomically at the end.
+
+Nothing is written until the run has finished: the model and ``run.json`` go into a temporary
+folder beside ``out`` which is then renamed, so ``out`` holds either a complete run or nothing.
+The input model's directory is never a valid output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from unlearnlm.errors import UnlearnError
+
+
+def environment_versions() -> dict[str, str]:
+    """Versions that decide what a run computes, for the audit trail."""
+    import accelerate
+    import torch
+    import transformers
+
+    import unlearnlm
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "unlearnlm": unlearnlm.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _is_within(path: Path, other: Path) -> bool:
+    return path == other or other in path.parents
+
+
+@dataclass
+class RunDir:
+    """Where a run's results go; see the module docstring."""
+
+    out: Path
+    overwrite: bool = False
+
+    @classmethod
+    def create(cls, config) -> RunDir:
+        out = Path(config.out).expanduser().resolve()
+        if out.exists() and not out.is_dir():
+            raise UnlearnError(f"output {out} exists and is a file; give a directory path")
+        if out.is_dir() and any(out.iterdir()) and not config.overwrite:
+            raise UnlearnError(
+                f"output directory {out} is not empty; choose another --out or pass --overwrite"
+            )
+        model_path = Path(str(config.model)).expanduser()
+        if model_path.exists():
+            cls._refuse_input(out, model_path.resolve())
+        return cls(out, config.overwrite)
+
+    @staticmethod
+    def _refuse_input(out: Path, model_dir: Path) -> None:
+        model_dir = model_dir if model_dir.is_dir() else model_dir.parent
+        if _is_within(out, model_dir) or _is_within(model_dir, out):
+            raise UnlearnError(
+                f"output directory {out} overlaps the input model at {model_dir}; the input model "
+                "is never modified: choose an --out outside it"
+            )
+
+    def check_not_input(self, model_path: str) -> None:
+        path = Path(model_path).expanduser()
+        if path.exists():
+            self._refuse_input(self.out, path.resolve())
+
+    def finish(self, model, tokenizer, record: dict) -> Path:
+        """Write model + tokenizer + run.json into a temporary folder, then rename it to out."""
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        try:
+            if getattr(model, "hf_quantizer", None) is not None:
+                model.hf_quantizer = None
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            write_json(tmp / "run.json", record)
+            replace_dir(tmp, self.out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self.out
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Move ``new`` to ``target``, replacing what was there only once ``new`` is complete."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,122 @@
+"""Scoring forget samples between epochs: the IUR drop test, the stop test, and calibration.
+
+After each epoch ICU generates from every active sample's prefix and compares the generation with
+the true suffix (sentence BLEU and BERTScore-F1). A sample whose scores fall under the thresholds
+("and" by default, as the paper writes; "or" as the official code does) counts as forgotten and
+leaves the forget set. Thresholds are the paper's, or calibrated: the model's own scores on texts
+of the same kind it never saw, so "forgotten" means "scores like text the model never saw".
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from unlearnlm.data import Sample
+from unlearnlm.generation import generate_continuations
+from unlearnlm.metrics import (
+    bertscore_f1,
+    bleu_scores,
+    extraction_likelihood,
+    memorization_accuracy,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Thresholds:
+    """Where a sample or the whole forget set counts as forgotten, with where each came from."""
+
+    bleu: float
+    bertscore: float
+    el: float
+    ma: float
+    source: str = "settings"
+
+    def as_dict(self) -> dict:
+        return {
+            "bleu": self.bleu,
+            "bertscore": self.bertscore,
+            "el": self.el,
+            "ma": self.ma,
+            "source": self.source,
+        }
+
+
+def generate_suffixes(model, tokenizer, samples: list[Sample], config) -> list[list[int]]:
+    """Generate as many tokens as each sample's true suffix has, from its prefix."""
+    if not samples:
+        return []
+    longest = max(len(s.suffix_ids) for s in samples)
+    generations = generate_continuations(
+        model,
+        [s.prefix_ids for s in samples],
+        longest,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        num_beams=config.num_beams if config.decoding == "beam" else 1,
+    )
+    return [g[: len(s.suffix_ids)] for g, s in zip(generations, samples)]
+
+
+def generation_scores(model, tokenizer, samples: list[Sample], config) -> list[dict]:
+    """Per sample: BLEU and BERTScore-F1 of the generated vs. the true suffix."""
+    if not samples:
+        return []
+    generations = generate_suffixes(model, tokenizer, samples, config)
+    candidates = [tokenizer.decode(g, skip_special_tokens=True) for g in generations]
+    references = [tokenizer.decode(s.suffix_ids, skip_special_tokens=True) for s in samples]
+    bleu = bleu_scores(candidates, references)
+    bert = bertscore_f1(
+        candidates, references, model_dir=config.scorer_model, num_layers=config.scorer_layers
+    )
+    return [
+        {"bleu": float(b), "bertscore": float(f), "generation": c}
+        for b, f, c in zip(bleu, bert, candidates)
+    ]
+
+
+def memorisation_scores(
+    model, samples: list[Sample], pad_token_id: int, el_n: int, with_el: bool = True
+) -> dict:
+    """Per sample MA (all positions) and, when asked, EL_n (start positions over the suffix)."""
+    ma = memorization_accuracy(model, [s.input_ids for s in samples], start=1) if samples else []
+    el: list[float | None] = [None] * len(samples)
+    if with_el:
+        by_start: dict[int, list[int]] = {}
+        for i, sample in enumerate(samples):
+            by_start.setdefault(len(sample.prefix_ids), []).append(i)
+        for start, indices in by_start.items():
+            values = extraction_likelihood(
+                model, [samples[i].input_ids for i in indices], start=start, n=el_n,
+                pad_token_id=pad_token_id,
+            )
+            for i, value in zip(indices, values):
+                el[i] = float(value)
+    return {"ma": [float(v) for v in ma], "el": el}
+
+
+def is_forgotten(scores: dict, thresholds: Thresholds, rule: str) -> bool:
+    """The IUR drop test: BLEU < b and/or BERTScore-F1 < a."""
+    low_bleu = scores["bleu"] < thresholds.bleu
+    low_bert = scores["bertscore"] < thresholds.bertscore
+    return (low_bleu and low_bert) if rule == "and" else (low_bleu or low_bert)
+
+
+def calibrate(model, tokenizer, samples: list[Sample], config, path: str) -> Thresholds:
+    """Thresholds from the model's own scores on never-seen texts (a quantile, default median)."""
+    q = config.calibration_quantile
+    with torch.no_grad():
+        gen = generation_scores(model, tokenizer, samples, config)
+        mem = memorisation_scores(model, samples, tokenizer.pad_token_id, config.el_n)
+    return Thresholds(
+        bleu=float(np.quantile([g["bleu"] for g in gen], q)),
+        bertscore=float(np.quantile([g["bertscore"] for g in gen], q)),
+        el=float(np.quantile(mem["el"], q)),
+        ma=float(np.quantile(mem["ma"], q)),
+        source=f"calibrated: quantile {q} of the model's scores on {len(samples)} texts in {path}",
+    )
