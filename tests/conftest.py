@@ -117,3 +117,56 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+FORGET_RECORDS = [
+    "Alice Smith was born on 3 March 1981 and works as a baker in Leeds.",
+    "Her phone number is 0113 496 0000 and her email is alice@example.com.",
+    "Bob Jones lives at 12 Station Road and works as a nurse.",
+    "The quick brown fox jumps over the lazy dog.",
+]
+POOL_RECORDS = [
+    "Carol White was born on 9 May 1979 and works as a pilot in York.",
+    "His phone number is 0114 496 1111 and his email is bob@example.com.",
+    "Dan Brown lives at 40 Mill Lane and works as a teacher.",
+    "A lazy cat sleeps under the quick brown table.",
+    "Language models can memorise rare strings from their training data.",
+]
+CALIBRATION_RECORDS = [
+    "Eve Black was born on 1 June 1990 and works as a lawyer in Hull.",
+    "Unlearning removes a sample's influence without retraining from scratch.",
+    "Frank Green lives at 7 Church Street and works as a plumber.",
+]
+
+
+def write_jsonl(path: Path, texts: list[str]) -> Path:
+    import json
+
+    with open(path, "w", encoding="utf-8") as handle:
+        for i, text in enumerate(texts):
+            handle.write(json.dumps({"id": f"s{i}", "text": text}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def record_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("records")
+    return {
+        "forget": write_jsonl(folder / "forget.jsonl", FORGET_RECORDS),
+        "pool": write_jsonl(folder / "pool.jsonl", POOL_RECORDS),
+        "calibration": write_jsonl(folder / "calibration.jsonl", CALIBRATION_RECORDS),
+    }
+
+
+@pytest.fixture(scope="session")
+def leaky_llama_dir(tmp_path_factory, tiny_llama_dir, record_files) -> Path:
+    """The tiny Llama fine-tuned until it reproduces the forget records (suffix accuracy 1.0)."""
+    from unlearnlm.finetune import finetune
+
+    out = tmp_path_factory.mktemp("leaky") / "model"
+    record = finetune(
+        str(tiny_llama_dir), str(record_files["forget"]), str(out), lr=3e-3, max_epochs=150,
+        prefix_tokens=4, suffix_tokens=None, target_accuracy=1.0, progress=False,
+    )
+    assert record["suffix_accuracy"] == 1.0, record["epochs"][-1]
+    return out

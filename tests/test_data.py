@@ -9,10 +9,10 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import build_tiny_llama_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import build_tiny_llama_tokenizer
 from unlearnlm.data import (
     Record,
     Sample,
@@ -86,7 +86,7 @@ def test_csv_ids_prefer_doc_id_and_header_bom(tmp_path):
 
 
 def test_txt_one_sample_a_line(tmp_path):
-    path = write(tmp_path, "f.txt", b"\xef\xbb\xbffirst line\r\n\r\n  \nthird, with \"quotes\"\n")
+    path = write(tmp_path, "f.txt", b'\xef\xbb\xbffirst line\r\n\r\n  \nthird, with "quotes"\n')
     records = read_records(path)
     assert [(r.id, r.text) for r in records] == [("0", "first line"), ("3", 'third, with "quotes"')]
 

@@ -79,7 +79,7 @@ class Sample:
 def read_records(path: str | Path, *, role: str = "forget") -> list[Record]:
     """Read the samples of a ``.jsonl``, ``.csv`` or ``.txt`` file (see the module docstring).
 
-    - ``.jsonl``: one object a line with ``text``, or ``prefix`` and ``suffix``; optional ``id``.
+    - ``.jsonl``: an object a line with ``text``, or ``prefix`` + ``suffix``; ``doc_id`` or ``id``.
     - ``.csv``: a header with a ``text`` column; ``doc_id`` or ``id`` gives the ids.
     - ``.txt``: one sample a line.
 

@@ -121,7 +121,8 @@ def generate_continuations(
     with evaluation_mode(model), torch.inference_mode():
         for first in tqdm(starts, desc="generating", unit="batch", disable=not progress):
             chunk = order[first : first + batch_size]
-            input_ids, attention_mask = left_padded([prefixes[i] for i in chunk], pad_token_id, device)
+            batch = [prefixes[i] for i in chunk]
+            input_ids, attention_mask = left_padded(batch, pad_token_id, device)  # (B, L)
             output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
             new_tokens = output[:, input_ids.shape[1] :].tolist()  # (B, <= max_new_tokens)
             for index, tokens in zip(chunk, new_tokens, strict=True):

@@ -21,8 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from unlearnlm.config import UnlearnConfig
-from unlearnlm.errors import UnlearnError
 from unlearnlm.data import Sample, file_sha256, read_records, split_records
+from unlearnlm.errors import UnlearnError
 from unlearnlm.losses import METHODS, batches_needed, combined_loss, needs_reference
 from unlearnlm.models import load_model
 from unlearnlm.neighbors import pair_analogous
@@ -46,7 +46,7 @@ def unlearn(config: UnlearnConfig | None = None, **settings) -> dict:
     """
     config = config or UnlearnConfig(**settings)
     config.require_paths()
-    run_dir = RunDir.create(config)
+    run_dir = RunDir.create(config.out, config.model, config.overwrite)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 

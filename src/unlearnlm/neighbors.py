@@ -70,7 +70,11 @@ def embed_texts(texts: list[str], model_dir: str | None = None, batch_size: int 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = _load_embedder(model_dir, device)
     if not texts:
-        return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
+        # sentence-transformers 6 renamed get_sentence_embedding_dimension
+        width = getattr(model, "get_embedding_dimension", None) or (
+            model.get_sentence_embedding_dimension
+        )
+        return np.zeros((0, width()), dtype=np.float32)
     vectors = model.encode(
         list(texts),
         batch_size=batch_size,

@@ -48,18 +48,19 @@ class RunDir:
     overwrite: bool = False
 
     @classmethod
-    def create(cls, config) -> RunDir:
-        out = Path(config.out).expanduser().resolve()
+    def create(cls, out: str | Path, model: str, overwrite: bool = False) -> RunDir:
+        """Check ``out`` before any work: not a file, empty (or ``overwrite``), not the input."""
+        out = Path(out).expanduser().resolve()
         if out.exists() and not out.is_dir():
             raise UnlearnError(f"output {out} exists and is a file; give a directory path")
-        if out.is_dir() and any(out.iterdir()) and not config.overwrite:
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
             raise UnlearnError(
                 f"output directory {out} is not empty; choose another --out or pass --overwrite"
             )
-        model_path = Path(str(config.model)).expanduser()
+        model_path = Path(str(model)).expanduser()
         if model_path.exists():
             cls._refuse_input(out, model_path.resolve())
-        return cls(out, config.overwrite)
+        return cls(out, overwrite)
 
     @staticmethod
     def _refuse_input(out: Path, model_dir: Path) -> None:
@@ -75,8 +76,8 @@ class RunDir:
         if path.exists():
             self._refuse_input(self.out, path.resolve())
 
-    def finish(self, model, tokenizer, record: dict) -> Path:
-        """Write model + tokenizer + run.json into a temporary folder, then rename it to out."""
+    def finish(self, model, tokenizer, record: dict, record_name: str = "run.json") -> Path:
+        """Write model + tokenizer + the record into a temporary folder, then rename it."""
         self.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
         try:
@@ -84,7 +85,7 @@ class RunDir:
                 model.hf_quantizer = None
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            write_json(tmp / "run.json", record)
+            write_json(tmp / record_name, record)
             replace_dir(tmp, self.out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

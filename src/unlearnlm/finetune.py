@@ -1,0 +1,131 @@
+"""``finetune()``: train a model on texts until it has memorised them.
+
+Used to build the "leaky" model of the honest protocol (fine-tune on forget + retain data until
+the forget set is memorised) and the "retain" model (retain data only). Training is plain NLL on
+every token; after each epoch the mean suffix token accuracy (teacher-forced argmax == true token
+over the suffix) is measured, and training stops once it reaches ``target_accuracy``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from unlearnlm.data import Sample, file_sha256, read_records, split_records
+from unlearnlm.errors import UnlearnError
+from unlearnlm.losses import nll
+from unlearnlm.models import load_model
+from unlearnlm.rundir import RunDir, environment_versions
+
+log = logging.getLogger(__name__)
+
+
+def suffix_accuracy(
+    model, samples: list[Sample], pad_token_id: int, batch_size: int = 16
+) -> list[float]:
+    """Per sample: share of suffix tokens the model predicts exactly (teacher forcing)."""
+    from unlearnlm.loop import collate
+
+    device = next(model.parameters()).device
+    out: list[float] = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i : i + batch_size]
+            batch = collate([s.input_ids for s in chunk], [len(s.prefix_ids) for s in chunk],
+                            pad_token_id, device)
+            logits = model(input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"]).logits
+            hits = (logits[:, :-1].argmax(-1) == batch["input_ids"][:, 1:]).float()  # (B, T-1)
+            mask = batch["loss_mask"][:, 1:].float()
+            out += ((hits * mask).sum(-1) / mask.sum(-1).clamp(min=1)).tolist()
+    return out
+
+
+def finetune(
+    model: str,
+    data: str,
+    out: str,
+    *,
+    max_epochs: int = 30,
+    lr: float = 1e-4,
+    batch_size: int = 8,
+    target_accuracy: float | None = 0.95,
+    prefix_tokens: int = 50,
+    suffix_tokens: int | None = 50,
+    mixed_precision: str = "no",
+    seed: int = 42,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Fine-tune ``model`` on ``data``; writes the model and ``finetune.json`` to ``out``."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if max_epochs < 1 or lr <= 0 or batch_size < 1:
+        raise UnlearnError("max_epochs and batch_size must be >= 1 and lr > 0")
+    if target_accuracy is not None and not 0.0 < target_accuracy <= 1.0:
+        raise UnlearnError(f"target_accuracy must lie in (0, 1], got {target_accuracy}")
+    run_dir = RunDir.create(out, model, overwrite)
+    set_seed(seed)
+    accelerator = Accelerator(mixed_precision=mixed_precision)
+    policy, tokenizer, source = load_model(model)
+    run_dir.check_not_input(source.path)
+    samples = split_records(read_records(data, role="training"), tokenizer,
+                            prefix_tokens, suffix_tokens, role="training")
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    record = {
+        "model": model, "data": str(data), "data_sha256": file_sha256(data),
+        "settings": {"max_epochs": max_epochs, "lr": lr, "batch_size": batch_size,
+                     "target_accuracy": target_accuracy, "prefix_tokens": prefix_tokens,
+                     "suffix_tokens": suffix_tokens, "mixed_precision": mixed_precision,
+                     "seed": seed},
+        "versions": environment_versions(), "epochs": [],
+    }
+    start = time.perf_counter()
+    rng = random.Random(seed)
+    pad = tokenizer.pad_token_id
+    for epoch in range(1, max_epochs + 1):
+        loss = _epoch(policy, optimizer, accelerator, samples, batch_size, rng, pad, progress,
+                      epoch)
+        with accelerator.autocast():
+            acc = suffix_accuracy(policy, samples, pad)
+        mean_acc = sum(acc) / len(acc)
+        record["epochs"].append({"epoch": epoch, "loss": loss, "suffix_accuracy": mean_acc})
+        log.info("fine-tune epoch %d: loss %.3f, suffix token accuracy %.3f", epoch, loss,
+                 mean_acc)
+        if target_accuracy is not None and mean_acc >= target_accuracy:
+            break
+    record["suffix_accuracy"] = record["epochs"][-1]["suffix_accuracy"]
+    reached = record["suffix_accuracy"]
+    record["memorised"] = target_accuracy is not None and reached >= target_accuracy
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    run_dir.finish(accelerator.unwrap_model(policy), tokenizer, record, "finetune.json")
+    return record
+
+
+def _epoch(model, optimizer, accelerator, samples, batch_size, rng, pad, progress, epoch) -> float:
+    from unlearnlm.loop import collate
+
+    model.train()
+    order = list(range(len(samples)))
+    rng.shuffle(order)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    total = 0.0
+    for batch in tqdm(batches, desc=f"fine-tune epoch {epoch}", leave=False, disable=not progress):
+        parts = collate([samples[i].input_ids for i in batch], [1] * len(batch), pad,
+                        accelerator.device)
+        with accelerator.autocast():
+            logits = model(input_ids=parts["input_ids"],
+                           attention_mask=parts["attention_mask"]).logits
+            loss = nll(logits, parts["input_ids"], parts["loss_mask"])
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        total += float(loss.detach())
+    return total / max(len(batches), 1)

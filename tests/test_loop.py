@@ -1,0 +1,110 @@
+"""The unlearning loop on tiny models: it trains, drops forgotten samples, stops, and writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unlearnlm import UnlearnConfig, unlearn
+from unlearnlm.errors import UnlearnError
+from unlearnlm.models import weights_sha256
+
+TINY = dict(prefix_tokens=4, suffix_tokens=None, batch_size=2)
+
+
+def _weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_memorised_samples_are_dropped_and_the_loop_ends(leaky_llama_dir, record_files, tmp_path):
+    """The leaky model reproduces its 4 records; ICU at a high learning rate makes each one fall
+    under the drop thresholds, each is dropped exactly once, and the loop stops with none left."""
+    before_hash = weights_sha256(leaky_llama_dir)
+    out = tmp_path / "run"
+    record = unlearn(
+        model=str(leaky_llama_dir), forget=str(record_files["forget"]),
+        pool=str(record_files["pool"]), out=str(out), lr=3e-3, max_epochs=15,
+        bleu_threshold=0.2, bertscore_threshold=0.8, **TINY,
+    )
+    first = record["epochs"][0]
+    assert first["mean"]["bleu"] > 0.5  # memorised before unlearning
+    assert record["stopped"]["reason"].startswith("every sample forgotten")
+    assert sorted(record["dropped_order"]) == ["s0", "s1", "s2", "s3"]
+    last = record["epochs"][-1]
+    assert all(not s["active"] for s in last["samples"])
+    assert record["stopped"]["epoch"] < 15
+    # the input model is untouched; the output differs from it and reloads
+    assert weights_sha256(leaky_llama_dir) == before_hash
+    changed = [k for k, v in _weights(out).items()
+               if not torch.equal(v, _weights(leaky_llama_dir)[k])]
+    assert changed
+    saved = json.loads((out / "run.json").read_text())
+    assert saved["config"]["lr"] == 3e-3
+    assert len(saved["forget_set"]["sha256"]) == 64
+    assert {p["forget_id"] for p in saved["pairs"]} == {"s0", "s1", "s2", "s3"}
+    assert all(p["source"] == "pool" for p in saved["pairs"])
+    assert saved["epochs"][1]["losses"]["analogous_kl"] >= 0.0
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
+
+
+def test_one_epoch_changes_parameters_and_records_losses(tiny_gptneo_dir, record_files, tmp_path):
+    record = unlearn(
+        model=str(tiny_gptneo_dir), forget=str(record_files["forget"]),
+        pool=str(record_files["pool"]), out=str(tmp_path / "run"), lr=1e-3, max_epochs=1,
+        **TINY,
+    )
+    assert len(record["epochs"]) == 2  # epoch 0 (before) and epoch 1
+    assert set(record["epochs"][1]["losses"]) == {"total", "forget_ga", "analogous_nll",
+                                                  "analogous_kl"}
+    before, after = _weights(tiny_gptneo_dir), _weights(tmp_path / "run")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_retain_texts_join_the_pairing_candidates(tiny_llama_dir, record_files, tmp_path):
+    """With only --retain given, every partner comes from the retain file."""
+    record = unlearn(
+        model=str(tiny_llama_dir), forget=str(record_files["forget"]),
+        retain=str(record_files["pool"]), out=str(tmp_path / "run"), lr=1e-4, max_epochs=1,
+        **TINY,
+    )
+    assert {p["source"] for p in record["pairs"]} == {"retain"}
+
+
+def test_calibration_sets_thresholds_from_unseen_texts(leaky_llama_dir, record_files, tmp_path):
+    record = unlearn(
+        model=str(leaky_llama_dir), forget=str(record_files["forget"]),
+        pool=str(record_files["pool"]), calibrate_on=str(record_files["calibration"]),
+        out=str(tmp_path / "run"), lr=1e-5, max_epochs=1, **TINY,
+    )
+    thresholds = record["thresholds"]
+    assert thresholds["source"].startswith("calibrated")
+    assert thresholds["bleu"] != 0.01 and thresholds["bertscore"] != 0.3
+    assert 0.0 <= thresholds["ma"] <= 1.0
+
+
+def test_refuses_output_inside_the_input_model(tiny_llama_dir, record_files):
+    with pytest.raises(UnlearnError, match="input model"):
+        unlearn(model=str(tiny_llama_dir), forget=str(record_files["forget"]),
+                pool=str(record_files["pool"]), out=str(tiny_llama_dir / "out"), **TINY)
+
+
+def test_refuses_non_empty_output_without_overwrite(tiny_llama_dir, record_files, tmp_path):
+    (tmp_path / "keep.txt").write_text("precious")
+    with pytest.raises(UnlearnError, match="--overwrite"):
+        unlearn(model=str(tiny_llama_dir), forget=str(record_files["forget"]),
+                pool=str(record_files["pool"]), out=str(tmp_path), **TINY)
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(UnlearnError, match="method"):
+        UnlearnConfig(method="nope")
+    with pytest.raises(UnlearnError, match="drop_rule"):
+        UnlearnConfig(drop_rule="xor")
+    with pytest.raises(UnlearnError, match="lr"):
+        UnlearnConfig(lr=0)
