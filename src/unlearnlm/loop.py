@@ -58,6 +58,7 @@ def unlearn(config: UnlearnConfig | None = None, **settings) -> dict:
     method = METHODS[config.method]
     weights = {**method.weights, **config.loss_weights}
 
+    records = _read_inputs(config)  # before the slow model load, so bad files fail fast
     model, tokenizer, source = load_model(
         config.model,
         trust_pickle=config.trust_pickle,
@@ -68,13 +69,12 @@ def unlearn(config: UnlearnConfig | None = None, **settings) -> dict:
 
     clock = time.perf_counter()
     forget = split_records(
-        read_records(config.forget, role="forget"), tokenizer,
-        config.prefix_tokens, config.suffix_tokens, role="forget",
+        records["forget"], tokenizer, config.prefix_tokens, config.suffix_tokens, role="forget"
     )
     record = _new_record(config, weights, method, source, forget)
     need = batches_needed(weights)
-    analogous, pairs = _pair(config, tokenizer, forget) if "analogous" in need else ([], [])
-    retain = _retain_samples(config, tokenizer, forget) if "retain" in need else []
+    analogous, pairs = _pair(config, records, tokenizer, forget) if "analogous" in need else ([], [])
+    retain = _retain_samples(config, records, tokenizer, forget) if "retain" in need else []
     record["pairs"] = pairs
     timings["data_and_pairing"] = time.perf_counter() - clock
 
@@ -89,7 +89,7 @@ def unlearn(config: UnlearnConfig | None = None, **settings) -> dict:
         reference = reference.to(accelerator.device)
 
     clock = time.perf_counter()
-    thresholds = _thresholds(config, accelerator, model, tokenizer)
+    thresholds = _thresholds(config, records, accelerator, model, tokenizer)
     record["thresholds"] = thresholds.as_dict()
     timings["calibration"] = time.perf_counter() - clock
 
@@ -152,12 +152,16 @@ def _new_record(config, weights, method, source, forget: list[Sample]) -> dict:
     }
 
 
-def _pair(config, tokenizer, forget: list[Sample]) -> tuple[list[list[int]], list[dict]]:
+def _read_inputs(config) -> dict[str, list]:
+    """Read every input file once; each reader raises a one-line UnlearnError on bad input."""
+    paths = {"forget": config.forget, "pool": config.pool, "retain": config.retain,
+             "calibration": config.calibrate_on}
+    return {role: read_records(path, role=role) if path else [] for role, path in paths.items()}
+
+
+def _pair(config, records, tokenizer, forget: list[Sample]) -> tuple[list[list[int]], list[dict]]:
     """Each forget sample's nearest analogous text (pool + retain), as token ids."""
-    candidates = []
-    for path, role in ((config.pool, "pool"), (config.retain, "retain")):
-        if path:
-            candidates += [(role, r) for r in read_records(path, role=role)]
+    candidates = [(role, r) for role in ("pool", "retain") for r in records[role]]
     if not candidates:
         raise UnlearnError(
             f"method '{config.method}' needs analogous texts: give --pool (texts of the same kind "
@@ -190,26 +194,26 @@ def _embedder(model_dir: str | None):
     return lambda texts: embed_texts(texts, model_dir=model_dir)
 
 
-def _retain_samples(config, tokenizer, forget: list[Sample]) -> list[list[int]]:
-    path = config.retain or config.pool
-    if not path:
+def _retain_samples(config, records, tokenizer, forget: list[Sample]) -> list[list[int]]:
+    chosen = records["retain"] or records["pool"]
+    if not chosen:
         raise UnlearnError(
             f"method '{config.method}' needs retain texts: give --retain (or --pool)"
         )
     cap = max(len(s.input_ids) for s in forget)
-    texts = [r.text for r in read_records(path, role="retain")]
+    texts = [r.text for r in chosen]
     return [list(i)[:cap] for i in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def _thresholds(config, accelerator, model, tokenizer) -> Thresholds:
+def _thresholds(config, records, accelerator, model, tokenizer) -> Thresholds:
     if not config.calibrate_on:
         return Thresholds(
             config.bleu_threshold, config.bertscore_threshold,
             config.el_threshold, config.ma_threshold, "settings",
         )
     samples = split_records(
-        read_records(config.calibrate_on, role="calibration"), tokenizer,
-        config.prefix_tokens, config.suffix_tokens, role="calibration",
+        records["calibration"], tokenizer, config.prefix_tokens, config.suffix_tokens,
+        role="calibration",
     )
     log.info("Calibrating thresholds on %d never-seen texts", len(samples))
     with accelerator.autocast():
