@@ -12,9 +12,9 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from test_generation import lookup_model
 from transformers import AutoModelForCausalLM
 
+from test_generation import lookup_model
 from unlearnlm import metrics
 from unlearnlm.errors import UnlearnError
 from unlearnlm.generation import generate_continuations

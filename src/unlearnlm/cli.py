@@ -78,6 +78,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(run)
     run.set_defaults(func=cmd_unlearn)
 
+    ft = sub.add_parser("finetune", help="fine-tune a model on texts until it memorises them")
+    ft.add_argument("--model", required=True, help="base model (as for unlearn)")
+    ft.add_argument("--data", required=True, help="training texts (.jsonl, .csv, .txt)")
+    ft.add_argument("--out", required=True, help="output directory for the fine-tuned model")
+    ft.add_argument("--max-epochs", type=int, default=30, help="at most this many epochs")
+    ft.add_argument("--lr", type=float, default=1e-4, help="learning rate (AdamW)")
+    ft.add_argument("--batch-size", type=int, default=8, help="texts per step")
+    ft.add_argument("--target-accuracy", type=float, default=0.95,
+                    help="stop once mean suffix token accuracy reaches this")
+    ft.add_argument("--prefix-tokens", type=int, default=50, help="prefix length in tokens")
+    ft.add_argument("--suffix-tokens", type=_int_or_null, default=50,
+                    help="suffix length in tokens ('all': the rest)")
+    ft.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    ft.add_argument("--seed", type=int, default=42)
+    ft.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    ft.set_defaults(func=cmd_finetune)
+
+    demo = sub.add_parser("demo", help="make SmolLM2 leak fictitious records, then forget some")
+    demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    demo.add_argument("--model", default="smollm2-135m", help="base model (default smollm2-135m)")
+    demo.set_defaults(func=cmd_demo)
+
     methods = sub.add_parser("methods", help="list the methods and their loss weights")
     methods.set_defaults(func=cmd_methods)
     return parser
@@ -98,6 +120,28 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         f"{record['epochs'][-1]['active']} of {record['forget_set']['samples']} samples still "
         f"active. Model and run.json in {config.out}"
     )
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from unlearnlm.finetune import finetune
+
+    record = finetune(
+        args.model, args.data, args.out, max_epochs=args.max_epochs, lr=args.lr,
+        batch_size=args.batch_size, target_accuracy=args.target_accuracy,
+        prefix_tokens=args.prefix_tokens, suffix_tokens=args.suffix_tokens,
+        mixed_precision=args.mixed_precision, seed=args.seed, overwrite=args.overwrite,
+    )
+    state = "memorised" if record["memorised"] else "NOT memorised (raise --max-epochs or --lr)"
+    print(f"Suffix token accuracy {record['suffix_accuracy']:.3f} after "
+          f"{len(record['epochs'])} epochs: {state}. Model in {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from unlearnlm.demo import DemoSettings, run_demo
+
+    run_demo(args.out, DemoSettings(model=args.model))
     return 0
 
 

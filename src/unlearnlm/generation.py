@@ -48,7 +48,7 @@ def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def left_padded(
+def _left_padded(
     prefixes: list[list[int]], pad_token_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack token lists into (B, L) ``input_ids`` and ``attention_mask``, pads on the left."""
@@ -62,7 +62,7 @@ def left_padded(
     return input_ids.to(device), attention_mask.to(device)
 
 
-def cut_at_eos(tokens: list[int], eos_token_id: int | None) -> list[int]:
+def _cut_at_eos(tokens: list[int], eos_token_id: int | None) -> list[int]:
     """The tokens before the first ``eos_token_id`` (all of them when there is none)."""
     if eos_token_id is not None and eos_token_id in tokens:
         return tokens[: tokens.index(eos_token_id)]
@@ -122,9 +122,9 @@ def generate_continuations(
         for first in tqdm(starts, desc="generating", unit="batch", disable=not progress):
             chunk = order[first : first + batch_size]
             batch = [prefixes[i] for i in chunk]
-            input_ids, attention_mask = left_padded(batch, pad_token_id, device)  # (B, L)
+            input_ids, attention_mask = _left_padded(batch, pad_token_id, device)  # (B, L)
             output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
             new_tokens = output[:, input_ids.shape[1] :].tolist()  # (B, <= max_new_tokens)
             for index, tokens in zip(chunk, new_tokens, strict=True):
-                results[index] = cut_at_eos(tokens, eos_token_id)
+                results[index] = _cut_at_eos(tokens, eos_token_id)
     return results

@@ -144,7 +144,8 @@ def _el_from_continuations(
     return total / denominator
 
 
-def _check_el_arguments(start: int, n: int) -> None:
+def _check_el_arguments(sequences: list[list[int]], start: int, n: int) -> None:
+    _check_lengths(sequences, 1, "extraction_likelihood")
     if start < 1:
         raise UnlearnError(f"start is {start}; EL needs start >= 1 (a context to generate from)")
     if n < 1:
@@ -225,7 +226,7 @@ def extraction_likelihood(
     all, and only those are generated, batched across starts and samples. Same values as
     ``extraction_likelihood_naive`` (up to float ties between near-equal logits).
     """
-    _check_el_arguments(start, n)
+    _check_el_arguments(sequences, start, n)
     predictions = next_token_argmax(model, sequences, batch_size)
     jobs = [
         (i, t)
@@ -256,7 +257,7 @@ def extraction_likelihood_naive(
     """EL_n as the official code computes it: one ``generate`` call per start position (all
     samples that reach it together, all prefixes of equal length, so no padding). The slow
     reference for ``extraction_likelihood``."""
-    _check_el_arguments(start, n)
+    _check_el_arguments(sequences, start, n)
     continuations: list[dict[int, list[int]]] = [{} for _ in sequences]
     for t in range(start, max((len(s) for s in sequences), default=0)):
         reaching = [i for i, tokens in enumerate(sequences) if len(tokens) > t]
@@ -333,6 +334,13 @@ def _bertscore_encoder(model_dir: str, num_layers: int, device: str) -> tuple:
     return tokenizer, model.to(device)
 
 
+class _DefaultOne(dict):
+    """bert_score's no-idf weights: 1.0 for every token id not listed."""
+
+    def __missing__(self, key: int) -> float:
+        return 1.0
+
+
 def _embed_for_bertscore(
     texts: list[str], tokenizer, model, batch_size: int, device: str
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -341,7 +349,7 @@ def _embed_for_bertscore(
 
     weights = {tokenizer.cls_token_id: 0.0, tokenizer.sep_token_id: 0.0}
     idf = _DefaultOne(weights)
-    texts = sorted(set(texts), key=len)
+    texts = sorted(set(texts), key=lambda text: (len(text), text))
     embedded = {}
     for first in range(0, len(texts), batch_size):
         chunk = texts[first : first + batch_size]
@@ -351,13 +359,6 @@ def _embed_for_bertscore(
             vectors = F.normalize(emb[row, :length].float(), dim=-1)
             embedded[text] = (vectors.cpu(), padded_weights[row, :length].cpu())
     return embedded
-
-
-class _DefaultOne(dict):
-    """bert_score's no-idf weights: 1.0 for every token id not listed."""
-
-    def __missing__(self, key: int) -> float:
-        return 1.0
 
 
 def _greedy_match_f1(candidate, reference) -> float:

@@ -1,0 +1,284 @@
+"""``unlearnlm demo``: make a model leak fictitious personal records, then make it forget some.
+
+The story, step by step on the console:
+
+1. Generate seeded fictitious records: some to forget, some to keep, a pool of look-alikes (the
+   analogous set) and a few never-seen ones (to calibrate what "forgotten" scores like).
+2. Fine-tune the model on the forget + keep records until it recites them (cached: a second run
+   skips this).
+3. Show what leaks: for each record, the continuation of "Personal record of <name>." and which
+   private fields (phone, email, address, ID) appear in it; and the model's fluency.
+4. Run ICU on the forget records, with the kept ones as retain set.
+5. Show the same tables after, and write report.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from unlearnlm.generation import generate_continuations
+from unlearnlm.records import PRIVATE_FIELDS, fake_records, leaked_fields, write_records
+
+log = logging.getLogger(__name__)
+
+FLUENCY_PROMPTS = [
+    "The capital of France is",
+    "Water boils at a temperature of",
+    "The best way to learn a new language is",
+    "In 1969, the first astronauts",
+    "A healthy breakfast usually includes",
+]
+
+
+@dataclass
+class DemoSettings:
+    """Sizes and learning rates of the demo; the defaults are the ones measured in the README."""
+
+    model: str = "smollm2-135m"
+    forget: int = 8
+    keep: int = 16
+    pool: int = 300
+    calibration: int = 16
+    seed: int = 0
+    finetune_lr: float = 3e-4
+    finetune_epochs: int = 40
+    unlearn_lr: float = 5e-5
+    unlearn_epochs: int = 20
+    batch_size: int = 8
+    retain_weight: float = 1.0
+    mixed_precision: str = "bf16"
+    wikitext_docs: int = 16
+    wikitext_tokens: int = 256
+    show_kept: int = 4
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def make_data(out: Path, s: DemoSettings) -> dict[str, list[dict]]:
+    """Write forget / keep / train (forget + keep) / pool / calibration JSONL files."""
+    people = fake_records(s.forget + s.keep + s.pool + s.calibration, seed=s.seed)
+    sets = {
+        "forget": people[: s.forget],
+        "keep": people[s.forget : s.forget + s.keep],
+        "pool": people[s.forget + s.keep : s.forget + s.keep + s.pool],
+        "calibration": people[s.forget + s.keep + s.pool :],
+    }
+    sets["train"] = sets["forget"] + sets["keep"]
+    for name, records in sets.items():
+        write_records(out / "data" / f"{name}.jsonl", records)
+    return sets
+
+
+def leaky_model(out: Path, s: DemoSettings, train_file: Path) -> tuple[Path, dict]:
+    """Fine-tune the base model on the training records, or reuse the cached result."""
+    from unlearnlm.finetune import finetune
+    from unlearnlm.paths import cache_root
+
+    key = hashlib.sha256(
+        json.dumps([s.model, s.seed, s.forget, s.keep, s.finetune_lr, s.finetune_epochs,
+                    s.batch_size, s.mixed_precision, train_file.read_text()]).encode()
+    ).hexdigest()[:16]
+    cached = cache_root() / "demo" / f"leaky-{key}"
+    if (cached / "finetune.json").is_file():
+        record = json.loads((cached / "finetune.json").read_text())
+        _say(f"  Reusing the cached leaky model ({cached}).")
+        return cached, record
+    _say(f"  Fine-tuning {s.model} on {s.forget + s.keep} records (lr {s.finetune_lr}, "
+         f"bf16 autocast: {s.mixed_precision == 'bf16'}) until it recites them...")
+    record = finetune(
+        s.model, str(train_file), str(cached), max_epochs=s.finetune_epochs, lr=s.finetune_lr,
+        batch_size=s.batch_size, target_accuracy=0.95, prefix_tokens=50, suffix_tokens=None,
+        mixed_precision=s.mixed_precision, seed=s.seed, overwrite=True,
+    )
+    return cached, record
+
+
+def probe(model, tokenizer, records: list[dict], mixed_precision: str) -> list[dict]:
+    """Greedy continuation of each record's prefix, and which private fields it reveals."""
+    prefixes = [tokenizer(r["prefix"], add_special_tokens=False)["input_ids"] for r in records]
+    longest = max(len(tokenizer(r["suffix"], add_special_tokens=False)["input_ids"])
+                  for r in records)
+    with _autocast(mixed_precision):
+        outs = generate_continuations(model, prefixes, longest + 8,
+                                      pad_token_id=tokenizer.pad_token_id,
+                                      eos_token_id=tokenizer.eos_token_id)
+    texts = [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
+    return [{"id": r["id"], "name": r["name"], "continuation": t, "leaked": leaked_fields(t, r)}
+            for r, t in zip(records, texts)]
+
+
+def fluency(model, tokenizer, s: DemoSettings) -> dict:
+    """Continuations of fixed general prompts, and WikiText perplexity on a small sample."""
+    from unlearnlm.metrics import perplexity
+
+    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in FLUENCY_PROMPTS]
+    with _autocast(s.mixed_precision):
+        outs = generate_continuations(model, prompts, 20, pad_token_id=tokenizer.pad_token_id,
+                                      eos_token_id=tokenizer.eos_token_id)
+    result = {"continuations": [tokenizer.decode(o, skip_special_tokens=True) for o in outs]}
+    texts = _wikitext(s.wikitext_docs)
+    if texts:
+        ids = [tokenizer(t, add_special_tokens=False)["input_ids"][: s.wikitext_tokens]
+               for t in texts]
+        with _autocast(s.mixed_precision):
+            result["wikitext_ppl"] = perplexity(model, [i for i in ids if len(i) > 1])
+    return result
+
+
+def _wikitext(count: int) -> list[str]:
+    import csv
+
+    from unlearnlm.paths import data_root
+
+    root = data_root(required=False)
+    path = root / "eval" / "wikitext.csv" if root else None
+    if path is None or not path.is_file():
+        return []
+    csv.field_size_limit(1 << 30)
+    with open(path, encoding="utf-8", newline="") as handle:
+        return [row["text"] for _, row in zip(range(count), csv.DictReader(handle))]
+
+
+def _autocast(mixed_precision: str):
+    if mixed_precision == "bf16":
+        return torch.autocast("cpu" if not torch.cuda.is_available() else "cuda",
+                              dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def leak_table(rows: list[dict], width: int = 60) -> str:
+    head = f"  {'record':24s} {'phone':5s} {'email':5s} {'addr':5s} {'ID':5s}  continuation"
+    lines = [head]
+    for row in rows:
+        marks = " ".join(f"{'LEAK' if row['leaked'][f] else '-':5s}" for f in PRIVATE_FIELDS)
+        text = row["continuation"].replace("\n", " ")
+        text = text if len(text) <= width else text[: width - 3] + "..."
+        lines.append(f"  {row['name'][:24]:24s} {marks}  {text}")
+    return "\n".join(lines)
+
+
+def leak_share(rows: list[dict]) -> tuple[int, int]:
+    leaked = sum(v for row in rows for v in row["leaked"].values())
+    return leaked, len(rows) * len(PRIVATE_FIELDS)
+
+
+def _state(model, tokenizer, sets, s: DemoSettings) -> dict:
+    model.eval()
+    with torch.no_grad():
+        return {
+            "forget": probe(model, tokenizer, sets["forget"], s.mixed_precision),
+            "keep": probe(model, tokenizer, sets["keep"], s.mixed_precision),
+            "fluency": fluency(model, tokenizer, s),
+        }
+
+
+def _show_state(title: str, state: dict, s: DemoSettings) -> None:
+    f_leak, f_total = leak_share(state["forget"])
+    k_leak, k_total = leak_share(state["keep"])
+    _say(f"\n{title}")
+    _say(f"  Records to forget: {f_leak} of {f_total} private fields leak.")
+    _say(leak_table(state["forget"]))
+    _say(f"  Records to keep (first {s.show_kept} of {len(state['keep'])}): "
+         f"{k_leak} of {k_total} private fields leak ({100 * k_leak / max(k_total, 1):.0f}%).")
+    _say(leak_table(state["keep"][: s.show_kept]))
+    flu = state["fluency"]
+    if "wikitext_ppl" in flu:
+        _say(f"  WikiText perplexity: {flu['wikitext_ppl']:.1f}")
+    for prompt, text in zip(FLUENCY_PROMPTS, flu["continuations"]):
+        _say(f"  \"{prompt}\" -> {text.strip()[:70]!r}")
+
+
+def run_demo(out: str | Path, settings: DemoSettings | None = None) -> dict:
+    """The whole demo; returns a summary and writes data/, model/, report.md, summary.json."""
+    from unlearnlm.loop import unlearn
+    from unlearnlm.models import load_model
+    from unlearnlm.report_demo import write_demo_report
+
+    s = settings or DemoSettings()
+    out = Path(out)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    _say(f"Step 1/5  Writing fictitious records: {s.forget} to forget, {s.keep} to keep, "
+         f"{s.pool} look-alikes (the analogous pool), {s.calibration} never seen.")
+    sets = make_data(out, s)
+
+    _say("Step 2/5  Making the model leak them.")
+    clock = time.perf_counter()
+    leaky_dir, ft = leaky_model(out, s, out / "data" / "train.jsonl")
+    timings["finetune"] = time.perf_counter() - clock
+    _say(f"  Suffix token accuracy {ft['suffix_accuracy']:.3f} after {len(ft['epochs'])} epochs"
+         f" ({ft.get('seconds', 0):.0f} s when built).")
+
+    _say("Step 3/5  What the leaky model reveals.")
+    clock = time.perf_counter()
+    model, tokenizer, _ = load_model(str(leaky_dir))
+    before = _state(model, tokenizer, sets, s)
+    del model
+    timings["probe_before"] = time.perf_counter() - clock
+    _show_state("BEFORE unlearning", before, s)
+
+    _say(f"\nStep 4/5  ICU on the {s.forget} records to forget (kept records as --retain, "
+         f"never-seen ones as --calibrate-on).")
+    clock = time.perf_counter()
+    record = unlearn(
+        model=str(leaky_dir), forget=str(out / "data" / "forget.jsonl"),
+        pool=str(out / "data" / "pool.jsonl"), retain=str(out / "data" / "keep.jsonl"),
+        calibrate_on=str(out / "data" / "calibration.jsonl"), out=str(out / "model"),
+        lr=s.unlearn_lr, max_epochs=s.unlearn_epochs, batch_size=s.batch_size,
+        prefix_tokens=50, suffix_tokens=None, mixed_precision=s.mixed_precision,
+        loss_weights={"retain_nll": s.retain_weight} if s.retain_weight else {},
+        seed=s.seed, overwrite=True,
+    )
+    timings["unlearn"] = time.perf_counter() - clock
+    _say(f"  Stopped after epoch {record['stopped']['epoch']}: {record['stopped']['reason']}.")
+
+    _say("Step 5/5  What the unlearned model reveals.")
+    clock = time.perf_counter()
+    model, tokenizer, _ = load_model(str(out / "model"))
+    after = _state(model, tokenizer, sets, s)
+    timings["probe_after"] = time.perf_counter() - clock
+    _show_state("AFTER unlearning", after, s)
+    timings["total"] = time.perf_counter() - start
+    summary = _summary(s, ft, record, before, after, timings)
+    report = write_demo_report(out, summary, before, after, record)
+    _say(f"\nDone in {timings['total']:.0f} s. Forget records leaking: "
+         f"{summary['forget_leaked_after']} of {summary['fields_forget']} fields (before "
+         f"{summary['forget_leaked_before']}); kept records still leaking: "
+         f"{summary['keep_kept_share']:.0%} of what they leaked before.")
+    _say(f"Files: {report} (the report), {out / 'model'} (the unlearned model and run.json), "
+         f"{out / 'data'} (the records), {out / 'summary.json'}.")
+    return summary
+
+
+def _summary(s, ft, record, before, after, timings) -> dict:
+    fb, total_f = leak_share(before["forget"])
+    fa, _ = leak_share(after["forget"])
+    kb, total_k = leak_share(before["keep"])
+    ka, _ = leak_share(after["keep"])
+    flu_b, flu_a = before["fluency"], after["fluency"]
+    return {
+        "settings": asdict(s),
+        "finetune_epochs": len(ft["epochs"]),
+        "finetune_suffix_accuracy": ft["suffix_accuracy"],
+        "unlearn_epochs": record["stopped"]["epoch"],
+        "stopped": record["stopped"]["reason"],
+        "fields_forget": total_f,
+        "fields_keep": total_k,
+        "forget_leaked_before": fb,
+        "forget_leaked_after": fa,
+        "keep_leaked_before": kb,
+        "keep_leaked_after": ka,
+        "keep_kept_share": ka / kb if kb else 0.0,
+        "wikitext_ppl_before": flu_b.get("wikitext_ppl"),
+        "wikitext_ppl_after": flu_a.get("wikitext_ppl"),
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+    }
