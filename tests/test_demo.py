@@ -1,0 +1,48 @@
+"""The demo's pipeline on a tiny model (same code path, smaller sizes), and its metric."""
+
+from __future__ import annotations
+
+import json
+
+from unlearnlm.demo import DemoSettings, run_demo
+from unlearnlm.records import fake_records, leaked_fields, record_text
+
+
+def test_leaked_fields_marks_exact_matches_only():
+    record = fake_records(1, seed=3)[0]
+    text = f"call {record['phone']} or write to {record['email']}"
+    assert leaked_fields(text, record) == {
+        "phone": True, "email": True, "address": False, "id_number": False,
+    }
+    assert not any(leaked_fields(record["phone"][:-1], record).values())  # one digit short
+
+
+def test_fake_records_are_seeded_and_distinct():
+    a, b = fake_records(5, seed=1), fake_records(5, seed=1)
+    assert a == b
+    assert len({r["email"] for r in a}) == 5
+    prefix, suffix = record_text(a[0])
+    assert a[0]["name"] in prefix and a[0]["id_number"] in suffix and a[0]["name"] not in suffix
+
+
+def test_demo_pipeline_runs_on_a_tiny_model(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("UNLEARNLM_CACHE", str(tmp_path / "cache"))
+    settings = DemoSettings(
+        model=str(tiny_llama_dir), forget=2, keep=2, pool=6, calibration=2,
+        finetune_epochs=2, finetune_lr=1e-3, unlearn_epochs=1, unlearn_lr=1e-3,
+        batch_size=2, wikitext_docs=2, wikitext_tokens=32, mixed_precision="no", show_kept=1,
+    )
+    out = tmp_path / "demo"
+    summary = run_demo(out, settings)
+    printed = capsys.readouterr().out
+    for step in ("Step 1/5", "Step 2/5", "Step 3/5", "Step 4/5", "Step 5/5", "BEFORE", "AFTER"):
+        assert step in printed
+    assert "report.md" in printed.splitlines()[-1]  # ends by naming the output files
+    assert (out / "model" / "run.json").is_file()
+    assert (out / "report.md").read_text().startswith("# unlearnlm demo report")
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["fields_forget"] == 2 * 4 and saved["fields_keep"] == 2 * 4
+    assert summary["unlearn_epochs"] == 1
+    # a second run reuses the cached leaky model
+    run_demo(tmp_path / "demo2", settings)
+    assert "Reusing the cached leaky model" in capsys.readouterr().out
