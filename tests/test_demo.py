@@ -31,6 +31,7 @@ def test_demo_pipeline_runs_on_a_tiny_model(tiny_llama_dir, tmp_path, monkeypatc
         model=str(tiny_llama_dir), forget=2, keep=2, pool=6, calibration=2,
         finetune_epochs=2, finetune_lr=1e-3, unlearn_epochs=1, unlearn_lr=1e-3,
         batch_size=2, wikitext_docs=2, wikitext_tokens=32, mixed_precision="no", show_kept=1,
+        trainable_layers=1,
     )
     out = tmp_path / "demo"
     summary = run_demo(out, settings)

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="suffix length in tokens ('all': the rest)")
     ft.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     ft.add_argument("--seed", type=int, default=42)
+    ft.add_argument("--trainable-layers", type=int, default=None,
+                    help="train only the last N transformer blocks (default: all)")
     ft.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     ft.set_defaults(func=cmd_finetune)
 
@@ -130,7 +132,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         args.model, args.data, args.out, max_epochs=args.max_epochs, lr=args.lr,
         batch_size=args.batch_size, target_accuracy=args.target_accuracy,
         prefix_tokens=args.prefix_tokens, suffix_tokens=args.suffix_tokens,
-        mixed_precision=args.mixed_precision, seed=args.seed, overwrite=args.overwrite,
+        mixed_precision=args.mixed_precision, seed=args.seed,
+        trainable_layers=args.trainable_layers, overwrite=args.overwrite,
     )
     state = "memorised" if record["memorised"] else "NOT memorised (raise --max-epochs or --lr)"
     print(f"Suffix token accuracy {record['suffix_accuracy']:.3f} after "

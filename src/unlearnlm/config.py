@@ -39,6 +39,9 @@ class UnlearnConfig:
     lr: float = _f(5e-6, "learning rate (paper: 5e-6)")
     batch_size: int = _f(8, "forget samples per step (paper: 8)")
     max_epochs: int = _f(30, "stop after this many epochs at the latest")
+    trainable_layers: int | None = _f(
+        None, "train only the last N transformer blocks (embeddings frozen); null: all"
+    )
     adam_betas: list[float] = _f([0.9, 0.98], "Adam betas (official ICU code: 0.9, 0.98)")
     seed: int = _f(42, "random seed (shuffling, initialisation of anything random)")
     prefix_tokens: int = _f(50, "prefix length in the model's tokens (paper: 50)")
@@ -96,6 +99,10 @@ class UnlearnConfig:
         for name in positive:
             if getattr(self, name) is None or getattr(self, name) <= 0:
                 raise UnlearnError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.trainable_layers is not None and self.trainable_layers <= 0:
+            raise UnlearnError(
+                f"trainable_layers must be positive or null, got {self.trainable_layers}"
+            )
         if self.suffix_tokens is not None and self.suffix_tokens <= 0:
             raise UnlearnError(f"suffix_tokens must be positive or null, got {self.suffix_tokens}")
         if not 0.0 < self.calibration_quantile < 1.0:

@@ -50,10 +50,11 @@ class DemoSettings:
     finetune_lr: float = 3e-4
     finetune_epochs: int = 40
     unlearn_lr: float = 5e-5
-    unlearn_epochs: int = 20
+    unlearn_epochs: int = 12
     batch_size: int = 8
+    trainable_layers: int | None = 10
     retain_weight: float = 1.0
-    mixed_precision: str = "bf16"
+    mixed_precision: str = "no"
     wikitext_docs: int = 16
     wikitext_tokens: int = 256
     show_kept: int = 4
@@ -85,7 +86,8 @@ def leaky_model(out: Path, s: DemoSettings, train_file: Path) -> tuple[Path, dic
 
     key = hashlib.sha256(
         json.dumps([s.model, s.seed, s.forget, s.keep, s.finetune_lr, s.finetune_epochs,
-                    s.batch_size, s.mixed_precision, train_file.read_text()]).encode()
+                    s.batch_size, s.mixed_precision, s.trainable_layers,
+                    train_file.read_text()]).encode()
     ).hexdigest()[:16]
     cached = cache_root() / "demo" / f"leaky-{key}"
     if (cached / "finetune.json").is_file():
@@ -97,7 +99,8 @@ def leaky_model(out: Path, s: DemoSettings, train_file: Path) -> tuple[Path, dic
     record = finetune(
         s.model, str(train_file), str(cached), max_epochs=s.finetune_epochs, lr=s.finetune_lr,
         batch_size=s.batch_size, target_accuracy=0.95, prefix_tokens=50, suffix_tokens=None,
-        mixed_precision=s.mixed_precision, seed=s.seed, overwrite=True,
+        mixed_precision=s.mixed_precision, seed=s.seed, trainable_layers=s.trainable_layers,
+        overwrite=True,
     )
     return cached, record
 
@@ -236,7 +239,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> dict:
         lr=s.unlearn_lr, max_epochs=s.unlearn_epochs, batch_size=s.batch_size,
         prefix_tokens=50, suffix_tokens=None, mixed_precision=s.mixed_precision,
         loss_weights={"retain_nll": s.retain_weight} if s.retain_weight else {},
-        seed=s.seed, overwrite=True,
+        seed=s.seed, trainable_layers=s.trainable_layers, overwrite=True,
     )
     timings["unlearn"] = time.perf_counter() - clock
     _say(f"  Stopped after epoch {record['stopped']['epoch']}: {record['stopped']['reason']}.")

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from unlearnlm.data import Sample, file_sha256, read_records, split_records
 from unlearnlm.errors import UnlearnError
 from unlearnlm.losses import nll
-from unlearnlm.models import load_model
+from unlearnlm.models import load_model, train_last_layers
 from unlearnlm.rundir import RunDir, environment_versions
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ def finetune(
     suffix_tokens: int | None = 50,
     mixed_precision: str = "no",
     seed: int = 42,
+    trainable_layers: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
@@ -77,14 +78,17 @@ def finetune(
     run_dir.check_not_input(source.path)
     samples = split_records(read_records(data, role="training"), tokenizer,
                             prefix_tokens, suffix_tokens, role="training")
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
+    train_last_layers(policy, trainable_layers)
+    optimizer = torch.optim.AdamW(
+        [p for p in policy.parameters() if p.requires_grad], lr=lr, weight_decay=0.0
+    )
     policy, optimizer = accelerator.prepare(policy, optimizer)
     record = {
         "model": model, "data": str(data), "data_sha256": file_sha256(data),
         "settings": {"max_epochs": max_epochs, "lr": lr, "batch_size": batch_size,
                      "target_accuracy": target_accuracy, "prefix_tokens": prefix_tokens,
                      "suffix_tokens": suffix_tokens, "mixed_precision": mixed_precision,
-                     "seed": seed},
+                     "seed": seed, "trainable_layers": trainable_layers},
         "versions": environment_versions(), "epochs": [],
     }
     start = time.perf_counter()

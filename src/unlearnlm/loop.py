@@ -24,7 +24,7 @@ from unlearnlm.config import UnlearnConfig
 from unlearnlm.data import Sample, file_sha256, read_records, split_records
 from unlearnlm.errors import UnlearnError
 from unlearnlm.losses import METHODS, batches_needed, combined_loss, needs_reference
-from unlearnlm.models import load_model
+from unlearnlm.models import load_model, train_last_layers
 from unlearnlm.neighbors import pair_analogous
 from unlearnlm.rundir import RunDir, environment_versions
 from unlearnlm.scoring import (
@@ -73,7 +73,9 @@ def unlearn(config: UnlearnConfig | None = None, **settings) -> dict:
     )
     record = _new_record(config, weights, method, source, forget)
     need = batches_needed(weights)
-    analogous, pairs = _pair(config, records, tokenizer, forget) if "analogous" in need else ([], [])
+    analogous, pairs = ([], [])
+    if "analogous" in need:
+        analogous, pairs = _pair(config, records, tokenizer, forget)
     retain = _retain_samples(config, records, tokenizer, forget) if "retain" in need else []
     record["pairs"] = pairs
     timings["data_and_pairing"] = time.perf_counter() - clock
@@ -81,8 +83,10 @@ def unlearn(config: UnlearnConfig | None = None, **settings) -> dict:
     reference = None
     if needs_reference(weights):
         reference = copy.deepcopy(model).eval().requires_grad_(False)
+    record["model"]["trainable_parameters"] = train_last_layers(model, config.trainable_layers)
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.lr, betas=tuple(config.adam_betas)
+        [p for p in model.parameters() if p.requires_grad], lr=config.lr,
+        betas=tuple(config.adam_betas),
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     if reference is not None:

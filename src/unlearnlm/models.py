@@ -209,3 +209,45 @@ def gpt2_tokenizer_from_tiktoken(path: str | Path):
     )
     tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+_BLOCK_LISTS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+_FINAL_NORMS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm",
+                "model.decoder.final_layer_norm")
+
+
+def _get(model, dotted: str):
+    for part in dotted.split("."):
+        model = getattr(model, part, None)
+        if model is None:
+            return None
+    return model
+
+
+def train_last_layers(model, count: int | None) -> int:
+    """Freeze everything but the last ``count`` transformer blocks and the final norm.
+
+    ``None`` trains every parameter. Embeddings (tied with the output layer in many models) stay
+    frozen: their gradient is costly and they hold little of a memorised sample. Backward then
+    stops at the first trainable block, which is most of the saving on a CPU. Returns the number
+    of trainable parameters.
+    """
+    if count is None:
+        model.requires_grad_(True)
+        return sum(p.numel() for p in model.parameters())
+    blocks = next((b for b in (_get(model, n) for n in _BLOCK_LISTS) if b is not None), None)
+    if blocks is None:
+        raise UnlearnError(
+            f"cannot find the transformer blocks of {type(model).__name__} to train only the "
+            "last layers; leave trainable_layers unset"
+        )
+    if not 1 <= count <= len(blocks):
+        raise UnlearnError(f"trainable_layers must be between 1 and {len(blocks)}, got {count}")
+    model.requires_grad_(False)
+    for block in list(blocks)[-count:]:
+        block.requires_grad_(True)
+    for name in _FINAL_NORMS:
+        norm = _get(model, name)
+        if norm is not None:
+            norm.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
