@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("unlearn", help="unlearn a forget set (ICU by default)")
     run.add_argument("--config", help="YAML file of settings (flags override it)")
+    run.add_argument("--resume", metavar="OUT",
+                     help="carry on a killed run from its last finished epoch (its own settings)")
     add_config_flags(run)
     run.set_defaults(func=cmd_unlearn)
 
@@ -102,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="smollm2-135m", help="base model (default smollm2-135m)")
     demo.set_defaults(func=cmd_demo)
 
+    ev = sub.add_parser("eval", help="measure forgetting, fluency, downstream skill, privacy")
+    ev.add_argument("--model", required=True, help="model to evaluate (as for unlearn)")
+    ev.add_argument("--forget", help="forget set (.jsonl, .csv, .txt) for forget and mia")
+    ev.add_argument("--nonmember", help="texts the model never saw (default: the extraction "
+                    "benchmark's val split)")
+    ev.add_argument("--tasks", help="comma-separated task names (default: all)")
+    ev.add_argument("--limit", type=int, help="at most N documents/questions/non-members a task")
+    ev.add_argument("--prefix-tokens", type=int, default=50, help="prefix length in tokens")
+    ev.add_argument("--suffix-tokens", type=_int_or_null, default=50,
+                    help="suffix length in tokens ('all': the rest)")
+    ev.add_argument("--out", required=True, help="output directory for eval.json")
+    ev.set_defaults(func=cmd_eval)
+
     methods = sub.add_parser("methods", help="list the methods and their loss weights")
     methods.set_defaults(func=cmd_methods)
     return parser
@@ -110,19 +125,26 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_unlearn(args: argparse.Namespace) -> int:
     from unlearnlm.loop import unlearn
 
+    if args.resume:
+        record = unlearn(resume=args.resume)
+        _print_done(record)
+        return 0
     values = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(UnlearnConfig)}
     if values.get("loss_weights"):
         values["loss_weights"] = dict(values["loss_weights"])
     config = UnlearnConfig.from_sources(args.config, **values)
     config.require_paths()
-    record = unlearn(config)
+    _print_done(unlearn(config))
+    return 0
+
+
+def _print_done(record: dict) -> None:
     stopped = record["stopped"]
     print(
         f"Done after {stopped['epoch']} epochs ({stopped['reason']}); "
         f"{record['epochs'][-1]['active']} of {record['forget_set']['samples']} samples still "
-        f"active. Model and run.json in {config.out}"
+        f"active. Model and run.json in {record['config']['out']}"
     )
-    return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -145,6 +167,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from unlearnlm.demo import DemoSettings, run_demo
 
     run_demo(args.out, DemoSettings(model=args.model))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from unlearnlm.data import read_records, split_records
+    from unlearnlm.evaluate import (
+        aggregate_table,
+        evaluate,
+        extraction_nonmembers,
+        plan_tasks,
+        write_results,
+    )
+    from unlearnlm.models import load_model
+
+    tasks = plan_tasks(args.tasks, has_forget=bool(args.forget))
+    forget = read_records(args.forget, role="forget") if args.forget else None
+    nonmember = None
+    if forget and {"forget", "mia"} & set(tasks):
+        nonmember = (read_records(args.nonmember, role="nonmember")[: args.limit]
+                     if args.nonmember else extraction_nonmembers(args.limit))
+    model, tokenizer, _ = load_model(args.model)
+    split = {"prefix_tokens": args.prefix_tokens, "suffix_tokens": args.suffix_tokens}
+    result = evaluate(
+        model, tokenizer, tasks=tasks, limit=args.limit, el_n=10,
+        forget=split_records(forget, tokenizer, **split) if forget else None,
+        nonmember=split_records(nonmember, tokenizer, **split, role="nonmember")
+        if nonmember else None,
+    )
+    result["settings"].update(model=args.model, forget=args.forget, nonmember=args.nonmember
+                              or ("extraction val split" if nonmember else None), **split)
+    path = write_results(result, args.out)
+    print(aggregate_table(result))
+    print(f"Per-sample results in {path}")
     return 0
 
 

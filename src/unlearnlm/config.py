@@ -56,9 +56,21 @@ class UnlearnConfig:
     scorer_layers: int = _f(6, "BERTScore layer of the scorer model")
     embedder_model: str | None = _f(None, "sentence embedder for pairing (default: MiniLM)")
     el_n: int = _f(10, "n of the extraction likelihood EL_n (paper: 10)")
+    el_every_epoch: bool = _f(
+        True, "score EL_n of every sample each epoch (false: only once MA is under its threshold)"
+    )
     el_threshold: float = _f(0.0499, "stop when mean EL_n of the forget set falls under this")
     ma_threshold: float = _f(0.5994, "... and mean memorisation accuracy falls under this")
     calibration_quantile: float = _f(0.5, "quantile of the never-seen scores used as threshold")
+    guard_ppl_factor: float | None = _f(
+        3.0, "roll back an epoch that lifts held-out perplexity past this factor; null: off"
+    )
+    guard_forget_nll: float | None = _f(
+        None, "roll back an epoch whose mean forget NLL (nats/token) passes this; null: off"
+    )
+    guard_lr_factor: float = _f(0.5, "after a rollback, multiply the learning rate by this")
+    guard_max_rollbacks: int = _f(2, "after this many rollbacks the next one stops the run")
+    guard_probe_texts: int = _f(16, "held-out texts (calibration, else pool) for the probe")
     mixed_precision: str = _f("no", "'no', 'bf16' or 'fp16' (autocast through accelerate)")
     cpu: bool = _f(False, "run on the CPU even when a GPU is present")
     log_text: bool = _f(False, "allow forget-set text in logs and console (private data)")

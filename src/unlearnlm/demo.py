@@ -47,9 +47,10 @@ class DemoSettings:
     pool: int = 300
     calibration: int = 16
     seed: int = 0
-    finetune_lr: float = 3e-4
-    finetune_epochs: int = 40
-    unlearn_lr: float = 5e-5
+    finetune_lr: float = 1e-3
+    finetune_epochs: int = 30
+    finetune_target: float = 0.99
+    unlearn_lr: float = 2e-4
     unlearn_epochs: int = 12
     batch_size: int = 8
     trainable_layers: int | None = 10
@@ -86,7 +87,7 @@ def leaky_model(out: Path, s: DemoSettings, train_file: Path) -> tuple[Path, dic
 
     key = hashlib.sha256(
         json.dumps([s.model, s.seed, s.forget, s.keep, s.finetune_lr, s.finetune_epochs,
-                    s.batch_size, s.mixed_precision, s.trainable_layers,
+                    s.batch_size, s.mixed_precision, s.trainable_layers, s.finetune_target,
                     train_file.read_text()]).encode()
     ).hexdigest()[:16]
     cached = cache_root() / "demo" / f"leaky-{key}"
@@ -98,7 +99,8 @@ def leaky_model(out: Path, s: DemoSettings, train_file: Path) -> tuple[Path, dic
          f"bf16 autocast: {s.mixed_precision == 'bf16'}) until it recites them...")
     record = finetune(
         s.model, str(train_file), str(cached), max_epochs=s.finetune_epochs, lr=s.finetune_lr,
-        batch_size=s.batch_size, target_accuracy=0.95, prefix_tokens=50, suffix_tokens=None,
+        batch_size=s.batch_size, target_accuracy=s.finetune_target, prefix_tokens=50,
+        suffix_tokens=None,
         mixed_precision=s.mixed_precision, seed=s.seed, trainable_layers=s.trainable_layers,
         overwrite=True,
     )
@@ -239,7 +241,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> dict:
         lr=s.unlearn_lr, max_epochs=s.unlearn_epochs, batch_size=s.batch_size,
         prefix_tokens=50, suffix_tokens=None, mixed_precision=s.mixed_precision,
         loss_weights={"retain_nll": s.retain_weight} if s.retain_weight else {},
-        seed=s.seed, trainable_layers=s.trainable_layers, overwrite=True,
+        seed=s.seed, trainable_layers=s.trainable_layers, el_every_epoch=False, overwrite=True,
     )
     timings["unlearn"] = time.perf_counter() - clock
     _say(f"  Stopped after epoch {record['stopped']['epoch']}: {record['stopped']['reason']}.")

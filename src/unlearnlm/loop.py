@@ -14,17 +14,28 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
 import time
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
+from unlearnlm.checkpoint import (
+    load_checkpoint,
+    load_trainable_state,
+    remove_partial,
+    restore,
+    save_checkpoint,
+    snapshot,
+)
 from unlearnlm.config import UnlearnConfig
 from unlearnlm.data import Sample, file_sha256, read_records, split_records
 from unlearnlm.errors import UnlearnError
 from unlearnlm.losses import METHODS, batches_needed, combined_loss, needs_reference
-from unlearnlm.models import load_model, train_last_layers
+from unlearnlm.metrics import perplexity
+from unlearnlm.models import load_model, train_last_layers, weights_sha256
 from unlearnlm.neighbors import pair_analogous
 from unlearnlm.rundir import RunDir, environment_versions
 from unlearnlm.scoring import (
@@ -38,101 +49,222 @@ from unlearnlm.scoring import (
 log = logging.getLogger(__name__)
 
 
-def unlearn(config: UnlearnConfig | None = None, **settings) -> dict:
+def unlearn(config: UnlearnConfig | None = None, *, resume: str | None = None,
+            **settings) -> dict:
     """Run an unlearning method; returns the run record (also saved as ``out/run.json``).
 
     Either pass an :class:`UnlearnConfig` or its fields as keywords, e.g.
     ``unlearn(model="smollm2-135m", forget="f.jsonl", pool="p.jsonl", out="runs/x")``.
+    ``resume=OUT`` carries on a killed run from its last finished epoch, with its own settings.
     """
+    checkpoint = load_checkpoint(resume) if resume else None
+    if checkpoint is not None:
+        config = UnlearnConfig(**checkpoint["record"]["config"])
+        log.info("Resuming %s after epoch %d", config.out, checkpoint["epoch"])
     config = config or UnlearnConfig(**settings)
     config.require_paths()
-    run_dir = RunDir.create(config.out, config.model, config.overwrite)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    run_dir = RunDir.create(config.out, config.model, config.overwrite or bool(checkpoint))
+    run = _setup(config, run_dir)
+    if checkpoint is not None:
+        run.resume_from(checkpoint)
+    else:
+        run.start()
+    run.train()
+    run.record["timings_s"] = {k: round(v, 3) for k, v in run.timings.items()}
+    run_dir.finish(run.accelerator.unwrap_model(run.model), run.tokenizer, run.record)
+    remove_partial(config.out)
+    return run.record
 
+
+def _setup(config: UnlearnConfig, run_dir: RunDir) -> _Run:
+    """Load data and model, pair analogous texts, build the optimiser."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    clock = time.perf_counter()
     set_seed(config.seed)
     accelerator = Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
     method = METHODS[config.method]
     weights = {**method.weights, **config.loss_weights}
-
     records = _read_inputs(config)  # before the slow model load, so bad files fail fast
     model, tokenizer, source = load_model(
-        config.model,
-        trust_pickle=config.trust_pickle,
+        config.model, trust_pickle=config.trust_pickle,
         trust_remote_code=config.trust_remote_code,
     )
     run_dir.check_not_input(source.path)
-    timings["load_model"] = time.perf_counter() - clock
+    model_hash = weights_sha256(source.path) if source.kind != "hub" else None
+    run = _Run(config=config, accelerator=accelerator, method=method, weights=weights,
+               tokenizer=tokenizer, records=records)
+    run.timings["load_model"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    forget = split_records(
+    run.forget = split_records(
         records["forget"], tokenizer, config.prefix_tokens, config.suffix_tokens, role="forget"
     )
-    record = _new_record(config, weights, method, source, forget)
+    run.record = _new_record(config, weights, method, source, run.forget)
+    run.record["model"]["sha256"] = model_hash
     need = batches_needed(weights)
-    analogous, pairs = ([], [])
     if "analogous" in need:
-        analogous, pairs = _pair(config, records, tokenizer, forget)
-    retain = _retain_samples(config, records, tokenizer, forget) if "retain" in need else []
-    record["pairs"] = pairs
-    timings["data_and_pairing"] = time.perf_counter() - clock
+        run.analogous, run.record["pairs"] = _pair(config, records, tokenizer, run.forget)
+    if "retain" in need:
+        run.retain = _retain_samples(config, records, tokenizer, run.forget)
+    run.probe = _probe_texts(config, records, tokenizer)
+    run.timings["data_and_pairing"] = time.perf_counter() - clock
 
-    reference = None
     if needs_reference(weights):
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
-    record["model"]["trainable_parameters"] = train_last_layers(model, config.trainable_layers)
+        run.reference = copy.deepcopy(model).eval().requires_grad_(False)
+    run.record["model"]["trainable_parameters"] = train_last_layers(model, config.trainable_layers)
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=config.lr,
         betas=tuple(config.adam_betas),
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if reference is not None:
-        reference = reference.to(accelerator.device)
+    run.model, run.optimizer = accelerator.prepare(model, optimizer)
+    if run.reference is not None:
+        run.reference = run.reference.to(accelerator.device)
+    run.active = [True] * len(run.forget)
+    return run
 
-    clock = time.perf_counter()
-    thresholds = _thresholds(config, records, accelerator, model, tokenizer)
-    record["thresholds"] = thresholds.as_dict()
-    timings["calibration"] = time.perf_counter() - clock
 
-    active = [True] * len(forget)
-    clock = time.perf_counter()
-    with accelerator.autocast():
-        record["epochs"].append(
-            _score_epoch(0, model, tokenizer, forget, active, thresholds, config, {}, drop=False)
-        )
-    timings["scoring"] = time.perf_counter() - clock
-    timings["training"] = 0.0
+@dataclass
+class _Run:
+    """The state of one run: what trains, on what, and what has happened so far."""
 
-    for epoch in range(1, config.max_epochs + 1):
+    config: UnlearnConfig
+    accelerator: object
+    method: object
+    weights: dict
+    tokenizer: object
+    records: dict
+    model: object = None
+    reference: object = None
+    optimizer: object = None
+    forget: list = field(default_factory=list)
+    analogous: list = field(default_factory=list)
+    retain: list = field(default_factory=list)
+    probe: list = field(default_factory=list)
+    active: list = field(default_factory=list)
+    record: dict = field(default_factory=dict)
+    thresholds: Thresholds | None = None
+    timings: dict = field(default_factory=lambda: {"training": 0.0, "scoring": 0.0})
+    epoch: int = 0
+
+    def start(self) -> None:
+        """Calibrate, score the untouched model (epoch 0) and write the first checkpoint."""
         clock = time.perf_counter()
-        losses = _train_epoch(
-            epoch, accelerator, model, reference, optimizer, weights,
-            forget, analogous, retain, active, config, tokenizer.pad_token_id,
-        )
-        timings["training"] += time.perf_counter() - clock
-        clock = time.perf_counter()
-        with accelerator.autocast():
-            entry = _score_epoch(
-                epoch, model, tokenizer, forget, active, thresholds, config, losses,
-                drop=method.iterative_refinement,
-            )
-        timings["scoring"] += time.perf_counter() - clock
-        record["epochs"].append(entry)
-        record["dropped_order"].extend(entry["dropped"])
-        _log_epoch(entry, len(forget))
-        reason = _stop_reason(entry, thresholds, active)
-        if reason:
-            record["stopped"] = {"epoch": epoch, "reason": reason}
-            break
-    else:
-        record["stopped"] = {"epoch": config.max_epochs, "reason": "max_epochs reached"}
+        self.thresholds = _thresholds(self.config, self.records, self.accelerator, self.model,
+                                      self.tokenizer)
+        self.record["thresholds"] = self.thresholds.as_dict()
+        self.timings["calibration"] = time.perf_counter() - clock
+        self.record["guard"] = {"events": [], "lr": self.config.lr,
+                                "probe_ppl_start": self._probe_ppl()}
+        self._score(0, {}, drop=False)
+        self._checkpoint()
 
-    record["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-    run_dir.finish(accelerator.unwrap_model(model), tokenizer, record)
-    return record
+    def resume_from(self, checkpoint: dict) -> None:
+        load_trainable_state(self.model, checkpoint["params"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.record = checkpoint["record"]
+        self.active = list(checkpoint["active"])
+        self.epoch = int(checkpoint["epoch"])
+        self.thresholds = Thresholds(**self.record["thresholds"])
+        _set_lr(self.optimizer, self.record["guard"]["lr"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+
+    def train(self) -> None:
+        """Epochs until a stop rule fires; the collapse guard may roll an epoch back."""
+        config, guard = self.config, self.record["guard"]
+        while "stopped" not in self.record and self.epoch < config.max_epochs:
+            self.epoch += 1
+            good = snapshot(self.model, self.optimizer)
+            clock = time.perf_counter()
+            losses = _train_epoch(self, self.epoch)
+            self.timings["training"] += time.perf_counter() - clock
+            problem = _collapse(losses, self._probe_ppl(), guard["probe_ppl_start"], config)
+            if problem:
+                self._roll_back(good, problem)
+                continue
+            entry = self._score(self.epoch, losses, drop=self.method.iterative_refinement)
+            reason = _stop_reason(entry, self.thresholds, self.active)
+            if reason:
+                self.record["stopped"] = {"epoch": self.epoch, "reason": reason}
+            self._checkpoint()
+        self.record.setdefault(
+            "stopped", {"epoch": self.epoch, "reason": "max_epochs reached"}
+        )
+
+    def _roll_back(self, good: dict, problem: str) -> None:
+        guard = self.record["guard"]
+        restore(self.model, self.optimizer, good)
+        events = guard["events"]
+        new_lr = guard["lr"] * self.config.guard_lr_factor
+        action = "stop" if len(events) >= self.config.guard_max_rollbacks else "lower lr"
+        events.append({"epoch": self.epoch, "problem": problem, "action": action,
+                       "lr_before": guard["lr"], "lr_after": new_lr if action != "stop" else None})
+        log.warning("Collapse guard, epoch %d: %s; rolled back to the last good epoch, %s",
+                    self.epoch, problem, "stopping" if action == "stop" else f"lr -> {new_lr:g}")
+        if action == "stop":
+            self.record["stopped"] = {
+                "epoch": self.epoch - 1,
+                "reason": f"collapse guard: {problem}; returned the last good epoch",
+            }
+        else:
+            guard["lr"] = new_lr
+            _set_lr(self.optimizer, new_lr)
+        self.record["epochs"].append({"epoch": self.epoch, "rolled_back": problem,
+                                      "active": sum(self.active), "dropped": [],
+                                      "losses": {}, "mean": {}, "samples": []})
+
+    def _score(self, epoch: int, losses: dict, drop: bool) -> dict:
+        clock = time.perf_counter()
+        with self.accelerator.autocast():
+            entry = _score_epoch(epoch, self.model, self.tokenizer, self.forget, self.active,
+                                 self.thresholds, self.config, losses, drop=drop)
+        self.timings["scoring"] += time.perf_counter() - clock
+        self.record["epochs"].append(entry)
+        self.record["dropped_order"].extend(entry["dropped"])
+        _log_epoch(entry, len(self.forget))
+        return entry
+
+    def _probe_ppl(self) -> float | None:
+        if not self.probe or self.config.guard_ppl_factor is None:
+            return None
+        with torch.no_grad(), self.accelerator.autocast():
+            return float(perplexity(self.model, self.probe))
+
+    def _checkpoint(self) -> None:
+        self.record["timings_s"] = {k: round(v, 3) for k, v in self.timings.items()}
+        state = {"epoch": self.epoch, "active": self.active, "record": self.record,
+                 "torch_rng": torch.get_rng_state()}
+        save_checkpoint(self.config.out, self.model, self.optimizer, state)
+
+
+def _set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _collapse(losses: dict, probe_ppl: float | None, start_ppl: float | None, config) -> str:
+    """Why this epoch broke the model, or '' when it did not."""
+    bad = [k for k, v in losses.items() if not math.isfinite(v)]
+    if bad:
+        return f"non-finite loss ({', '.join(bad)})"
+    if probe_ppl is not None and not math.isfinite(probe_ppl):
+        return "non-finite held-out perplexity"
+    limit = config.guard_forget_nll
+    if limit is not None and "forget_ga" in losses and -losses["forget_ga"] > limit:
+        return f"runaway forget loss (NLL {-losses['forget_ga']:.1f} > {limit:g})"
+    factor = config.guard_ppl_factor
+    if probe_ppl is not None and start_ppl and probe_ppl > factor * start_ppl:
+        return (f"held-out perplexity {probe_ppl:.1f} > {factor:g} x its start value "
+                f"{start_ppl:.1f}")
+    return ""
+
+
+def _probe_texts(config, records, tokenizer) -> list[list[int]]:
+    """A small held-out utility probe: calibration texts, else pool texts no forget sample got."""
+    texts = [r.text for r in (records["calibration"] or records["pool"] or records["retain"])]
+    ids = tokenizer(texts[: config.guard_probe_texts], add_special_tokens=False)["input_ids"]
+    return [list(i)[:256] for i in ids if len(i) > 1]
 
 
 def _new_record(config, weights, method, source, forget: list[Sample]) -> dict:
@@ -243,30 +375,26 @@ def collate(
     }
 
 
-def _train_epoch(
-    epoch, accelerator, model, reference, optimizer, weights,
-    forget, analogous, retain, active, config, pad_token_id,
-) -> dict[str, float]:
+def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
     """One pass over the active forget samples; returns the mean of each loss term."""
+    config, accelerator, model = run.config, run.accelerator, run.model
     model.train()
     rng = random.Random(config.seed * 1000 + epoch)
-    order = [i for i, a in enumerate(active) if a]
+    order = [i for i, a in enumerate(run.active) if a]
     rng.shuffle(order)
     sums: dict[str, float] = {}
-    steps = 0
     batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     for batch in tqdm(batches, desc=f"epoch {epoch}", leave=False, unit="step"):
-        parts = _build_batches(batch, forget, analogous, retain, rng, config, pad_token_id,
-                               accelerator.device)
+        parts = _build_batches(batch, run.forget, run.analogous, run.retain, rng, config,
+                               run.tokenizer.pad_token_id, accelerator.device)
         with accelerator.autocast():
-            loss, terms = combined_loss(weights, model, reference, parts)
-        optimizer.zero_grad(set_to_none=True)
+            loss, terms = combined_loss(run.weights, model, run.reference, parts)
+        run.optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
-        optimizer.step()
+        run.optimizer.step()
         for name, value in {"total": float(loss.detach()), **terms}.items():
             sums[name] = sums.get(name, 0.0) + value
-        steps += 1
-    return {name: value / max(steps, 1) for name, value in sums.items()}
+    return {name: value / max(len(batches), 1) for name, value in sums.items()}
 
 
 def _build_batches(batch, forget, analogous, retain, rng, config, pad, device) -> dict:
@@ -290,7 +418,8 @@ def _score_epoch(
         gen = generation_scores(model, tokenizer, [forget[i] for i in indices], config)
         mem = memorisation_scores(model, forget, tokenizer.pad_token_id, config.el_n, False)
         mean_ma = sum(mem["ma"]) / len(forget)
-        if mean_ma < thresholds.ma:  # EL is costly: only needed once MA is under its threshold
+        # EL is the costly metric; the stop test needs it only once MA is under its threshold
+        if config.el_every_epoch or mean_ma < thresholds.ma:
             mem = memorisation_scores(model, forget, tokenizer.pad_token_id, config.el_n, True)
     by_index = dict(zip(indices, gen))
     samples, dropped = [], []

@@ -44,6 +44,9 @@ def write_demo_report(out: Path, summary: dict, before: dict, after: dict, recor
               "## Unlearning dynamics", "", "| epoch | active | dropped | mean MA | mean BLEU "
               "| mean BERTScore | total loss |", "|---|---|---|---|---|---|---|"]
     for e in record["epochs"]:
+        if "rolled_back" in e:
+            lines.append(f"| {e['epoch']} | rolled back: {e['rolled_back']} | | | | | |")
+            continue
         m = e["mean"]
         lines.append(
             f"| {e['epoch']} | {e['active']} | {len(e['dropped'])} | {_fmt(m['ma'])} | "

@@ -28,9 +28,9 @@ def environment_versions() -> dict[str, str]:
 
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
+        "torch": str(torch.__version__),
+        "transformers": str(transformers.__version__),
+        "accelerate": str(accelerate.__version__),
         "unlearnlm": unlearnlm.__version__,
         "platform": platform.platform(),
     }

@@ -1,0 +1,251 @@
+"""The full evaluation of one model: forgetting, fluency, downstream skill and privacy.
+
+``evaluate(model, tokenizer, forget=..., nonmember=..., tasks=..., limit=...)`` runs the named
+tasks and returns ``{"tasks": {name: {"aggregate": {...}, "samples": [...]}}, ...}``;
+``write_results`` saves it as ``eval.json`` atomically. Task names (``TASKS``):
+
+- ``forget``: per forget sample, EL_n and MA over the suffix, and BLEU, BERTScore-F1 and token
+  entropy of the greedy generation from the prefix, as long as the true suffix (SPEC section 3).
+  With non-member samples given, the same metrics on them and ``privacy.forgetting_verdict``.
+- ``ppl_pile``, ``ppl_wikitext``: corpus perplexity, each document capped at 512 tokens.
+- ``lambada``, ``hellaswag``, ``winogrande``, ``copa``, ``arc_easy``, ``arc_challenge``, ``piqa``,
+  ``mathqa``, ``pubmedqa``: zero-shot accuracy (see ``downstream`` and ``eval_data``).
+- ``dialogue`` (all four sets) or one of ``eval_data.DIALOGUE_SETS``: dialogue unigram F1.
+- ``mia``: membership-inference AUCs, forget set vs non-members (``privacy.membership_audit``).
+
+``limit`` caps the documents / questions / non-member samples of every task (not the forget set).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from unlearnlm import downstream, eval_data, privacy
+from unlearnlm.data import Record, Sample
+from unlearnlm.errors import UnlearnError
+from unlearnlm.generation import generate_continuations
+from unlearnlm.metrics import (
+    bertscore_f1,
+    bleu_scores,
+    extraction_likelihood,
+    mean,
+    memorization_accuracy,
+    perplexity,
+    token_entropy,
+)
+from unlearnlm.paths import data_root
+
+log = logging.getLogger(__name__)
+
+PPL_DOC_TOKENS = 512
+TASKS = ("forget", "ppl_pile", "ppl_wikitext", "lambada", *eval_data.CHOICE_TASKS, "dialogue",
+         *eval_data.DIALOGUE_SETS, "mia")
+DEFAULT_TASKS = tuple(t for t in TASKS if t not in eval_data.DIALOGUE_SETS)
+
+
+def resolve_tasks(names: list[str] | None) -> list[str]:
+    """Validate task names (None = every task); ``dialogue`` expands to the four sets."""
+    names = list(DEFAULT_TASKS) if names is None else [n.strip() for n in names if n.strip()]
+    unknown = [n for n in names if n not in TASKS]
+    if unknown or not names:
+        problem = f"unknown task {unknown[0]!r}" if unknown else "no task given"
+        raise UnlearnError(f"{problem}; known tasks: {', '.join(TASKS)}")
+    expanded = []
+    for name in names:
+        for task in eval_data.DIALOGUE_SETS if name == "dialogue" else (name,):
+            if task not in expanded:
+                expanded.append(task)
+    return expanded
+
+
+def context_limit(model, cap: int = 1024) -> int:
+    """The longest input the model takes (its position limit), at most ``cap``."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 0)
+    return min(int(limit), cap) if limit else cap
+
+
+# --- forget-set metrics ------------------------------------------------------------------------
+
+
+def _by_prefix_length(samples: list[Sample]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i, sample in enumerate(samples):
+        groups.setdefault(len(sample.prefix_ids), []).append(i)
+    return groups
+
+
+def memorisation_scores(model, tokenizer, samples: list[Sample], el_n: int = 10) -> dict:
+    """Per sample: EL_n and MA scored on the suffix positions (start = prefix length)."""
+    ma, el = [0.0] * len(samples), [0.0] * len(samples)
+    for start, indices in _by_prefix_length(samples).items():
+        sequences = [samples[i].input_ids for i in indices]
+        for i, value in zip(indices, memorization_accuracy(model, sequences, start), strict=True):
+            ma[i] = value
+        values = extraction_likelihood(model, sequences, start, el_n,
+                                       pad_token_id=tokenizer.pad_token_id)
+        for i, value in zip(indices, values, strict=True):
+            el[i] = value
+    return {"el": el, "ma": ma}
+
+
+def forget_metrics(model, tokenizer, samples: list[Sample], el_n: int = 10) -> dict:
+    """EL_n, MA, BLEU, BERTScore-F1 and entropy per sample (see the module docstring), + means."""
+    if not samples:
+        raise UnlearnError("no forget samples to score; give --forget with at least one text")
+    scores = memorisation_scores(model, tokenizer, samples, el_n)
+    longest = max(len(s.suffix_ids) for s in samples)
+    outputs = generate_continuations(model, [s.prefix_ids for s in samples], longest,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+    generations = [out[: len(s.suffix_ids)] for out, s in zip(outputs, samples, strict=True)]
+    candidates = [tokenizer.decode(g, skip_special_tokens=True) for g in generations]
+    references = [tokenizer.decode(s.suffix_ids, skip_special_tokens=True) for s in samples]
+    scores["bleu"] = bleu_scores(candidates, references)
+    scores["bertscore"] = bertscore_f1(candidates, references)
+    scores["entropy"] = [token_entropy(g) for g in generations]
+    rows = [{"id": s.id, **{name: values[i] for name, values in scores.items()},
+             "generation": candidates[i]} for i, s in enumerate(samples)]
+    return {"aggregate": {name: mean(values) for name, values in scores.items()}
+            | {"n": len(samples), "el_n": el_n}, "samples": rows}
+
+
+# --- perplexity ----------------------------------------------------------------------------------
+
+
+def corpus_perplexity(model, tokenizer, corpus: str, limit: int | None) -> dict:
+    """Perplexity on ``eval/{corpus}.csv``, each document's first ``PPL_DOC_TOKENS`` tokens (at
+    most the model's position limit); documents under 2 tokens are skipped."""
+    cap = min(PPL_DOC_TOKENS, context_limit(model))
+    texts = eval_data.corpus_texts(corpus, limit)
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    sequences = [list(ids)[:cap] for ids in encoded if len(ids) >= 2]
+    if not sequences:
+        raise UnlearnError(f"no {corpus} document of 2 or more tokens to score; raise --limit")
+    return {"aggregate": {"perplexity": perplexity(model, sequences), "n": len(sequences),
+                          "tokens": sum(len(s) for s in sequences)}, "samples": []}
+
+
+# --- the whole evaluation --------------------------------------------------------------------
+
+
+def _run_task(name: str, model, tokenizer, limit: int | None) -> dict:
+    cap = context_limit(model)
+    if name.startswith("ppl_"):
+        return corpus_perplexity(model, tokenizer, name[4:], limit)
+    if name == "lambada":
+        return downstream.lambada_accuracy(model, tokenizer, eval_data.lambada_items(limit), cap)
+    if name in eval_data.CHOICE_TASKS:
+        items = eval_data.CHOICE_TASKS[name](limit)
+        return downstream.choice_accuracy(model, tokenizer, items, cap)
+    items = eval_data.dialogue_items(name, limit)
+    return downstream.dialogue_f1(model, tokenizer, items, max_tokens=cap)
+
+
+def _privacy_tasks(model, tokenizer, tasks, forget, nonmember, el_n) -> dict:
+    """The forget, verdict and mia sections, each only when its inputs are there."""
+    results: dict = {}
+    if ("forget" in tasks or "mia" in tasks) and not forget:
+        raise UnlearnError("the forget and mia tasks need forget samples; give --forget")
+    if "mia" in tasks:
+        if not nonmember:
+            raise UnlearnError("the mia task needs non-member samples; give --nonmember")
+        log.info("Membership inference on %d + %d samples", len(forget), len(nonmember))
+        audit = privacy.membership_audit(model, tokenizer, forget, nonmember)
+        results["mia"] = {"aggregate": audit["auc"], "samples": audit}
+    if "forget" in tasks:
+        log.info("Forget-set metrics on %d samples", len(forget))
+        results["forget"] = forget_metrics(model, tokenizer, forget, el_n)
+        if nonmember:
+            log.info("The same metrics on %d non-member samples", len(nonmember))
+            results["nonmember"] = forget_metrics(model, tokenizer, nonmember, el_n)
+            per_sample = {side: {m: [row[m] for row in results[side]["samples"]]
+                                 for m in privacy.VERDICT_METRICS}
+                          for side in ("forget", "nonmember")}
+            aucs = results["mia"]["aggregate"] if "mia" in results else None
+            verdict = privacy.forgetting_verdict(per_sample["forget"], per_sample["nonmember"],
+                                                 aucs)
+            results["verdict"] = {"aggregate": {"forgotten": verdict["forgotten"],
+                                                "share_forgotten": verdict["share_forgotten"]},
+                                  "samples": verdict}
+    return results
+
+
+def evaluate(
+    model,
+    tokenizer,
+    *,
+    forget: list[Sample] | None,
+    nonmember: list[Sample] | None,
+    tasks: list[str] | None,
+    limit: int | None,
+    el_n: int = 10,
+) -> dict:
+    """Run the tasks (None = all but the per-set dialogue names, which ``dialogue`` covers)."""
+    names = resolve_tasks(tasks)
+    if limit is not None and limit < 1:
+        raise UnlearnError(f"limit is {limit}; give 1 or more (or leave it out for everything)")
+    if any(n not in ("forget", "mia") for n in names):
+        eval_data.eval_dir()  # fail early, naming UNLEARNLM_DATA
+    nonmember = nonmember[:limit] if nonmember and limit is not None else nonmember
+    results = _privacy_tasks(model, tokenizer, names, forget, nonmember, el_n)
+    for name in names:
+        if name not in ("forget", "mia"):
+            log.info("Task %s", name)
+            results[name] = _run_task(name, model, tokenizer, limit)
+    return {"tasks": results, "settings": {"tasks": names, "limit": limit, "el_n": el_n}}
+
+
+def extraction_nonmembers(limit: int | None) -> list[Record]:
+    """The extraction benchmark's ``val`` rows (prefix + suffix, as split there), the first
+    ``limit``: Pile text that GPT-Neo was not trained on, the default non-member set."""
+    path = data_root() / "lm_extraction" / "lm_extraction_text.jsonl"
+    if not path.is_file():
+        raise UnlearnError(f"{path} not found; set UNLEARNLM_DATA or give --nonmember")
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if '"split": "val"' not in line[:40]:
+                continue
+            row = json.loads(line)
+            records.append(Record(f"val-{row['index']}", row["prefix"] + row["suffix"],
+                                  row["prefix"], row["suffix"]))
+            if limit is not None and len(records) >= limit:
+                break
+    return records
+
+
+def write_results(result: dict, out_dir: str | Path) -> Path:
+    """Write ``eval.json`` into ``out_dir`` atomically (a temporary file, then ``os.replace``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".eval.json.", dir=out)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            json.dump(result, file, indent=2, ensure_ascii=False)
+        os.replace(temporary, out / "eval.json")
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return out / "eval.json"
+
+
+def plan_tasks(tasks: str | None, has_forget: bool) -> list[str]:
+    """The ``--tasks`` value (comma-separated) validated; without it, every task, less ``forget``
+    and ``mia`` when no forget set is given."""
+    if tasks is not None:
+        return resolve_tasks(tasks.split(","))
+    return [t for t in resolve_tasks(None) if has_forget or t not in ("forget", "mia")]
+
+
+def aggregate_table(result: dict) -> str:
+    """One line per task: its aggregate numbers, rounded for reading."""
+    lines = []
+    for name, section in result["tasks"].items():
+        cells = [f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                 for key, value in section["aggregate"].items()]
+        lines.append(f"{name:22s} {'  '.join(cells)}")
+    return "\n".join(lines)
