@@ -61,6 +61,9 @@ class UnlearnConfig:
     )
     el_threshold: float = _f(0.0499, "stop when mean EL_n of the forget set falls under this")
     ma_threshold: float = _f(0.5994, "... and mean memorisation accuracy falls under this")
+    calibrate_el: bool = _f(
+        True, "calibrate the EL_n threshold too (costly: one generation per position per text)"
+    )
     calibration_quantile: float = _f(0.5, "quantile of the never-seen scores used as threshold")
     guard_ppl_factor: float | None = _f(
         3.0, "roll back an epoch that lifts held-out perplexity past this factor; null: off"

@@ -50,7 +50,7 @@ class DemoSettings:
     finetune_lr: float = 1e-3
     finetune_epochs: int = 30
     finetune_target: float = 0.99
-    unlearn_lr: float = 2e-4
+    unlearn_lr: float = 5e-4
     unlearn_epochs: int = 12
     batch_size: int = 8
     trainable_layers: int | None = 10
@@ -241,7 +241,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> dict:
         lr=s.unlearn_lr, max_epochs=s.unlearn_epochs, batch_size=s.batch_size,
         prefix_tokens=50, suffix_tokens=None, mixed_precision=s.mixed_precision,
         loss_weights={"retain_nll": s.retain_weight} if s.retain_weight else {},
-        seed=s.seed, trainable_layers=s.trainable_layers, el_every_epoch=False, overwrite=True,
+        seed=s.seed, trainable_layers=s.trainable_layers, el_every_epoch=False,
+        calibrate_el=False, overwrite=True,
     )
     timings["unlearn"] = time.perf_counter() - clock
     _say(f"  Stopped after epoch {record['stopped']['epoch']}: {record['stopped']['reason']}.")

@@ -112,11 +112,15 @@ def calibrate(model, tokenizer, samples: list[Sample], config, path: str) -> Thr
     q = config.calibration_quantile
     with torch.no_grad():
         gen = generation_scores(model, tokenizer, samples, config)
-        mem = memorisation_scores(model, samples, tokenizer.pad_token_id, config.el_n)
+        mem = memorisation_scores(model, samples, tokenizer.pad_token_id, config.el_n,
+                                  with_el=config.calibrate_el)
+    source = f"calibrated: quantile {q} of the model's scores on {len(samples)} texts in {path}"
+    if not config.calibrate_el:
+        source += f"; EL threshold {config.el_threshold} from the settings"
     return Thresholds(
         bleu=float(np.quantile([g["bleu"] for g in gen], q)),
         bertscore=float(np.quantile([g["bertscore"] for g in gen], q)),
-        el=float(np.quantile(mem["el"], q)),
+        el=float(np.quantile(mem["el"], q)) if config.calibrate_el else config.el_threshold,
         ma=float(np.quantile(mem["ma"], q)),
-        source=f"calibrated: quantile {q} of the model's scores on {len(samples)} texts in {path}",
+        source=source,
     )
