@@ -129,3 +129,19 @@ def test_same_seed_same_result(leaky_llama_dir, record_files, tmp_path):
     assert {"load_model", "training", "scoring"} <= set(record["timings_s"])
     assert all(s["el"] is not None for s in record["epochs"][1]["samples"])
     assert "generation" not in record["epochs"][1]["samples"][0]  # no private text by default
+
+
+def test_stops_once_the_forget_set_is_under_the_el_ma_thresholds(
+    tiny_gptneo_dir, record_files, tmp_path
+):
+    """A random model memorises nothing: with thresholds above any possible mean (1.1) the
+    EL/MA rule fires after the first epoch; with max_epochs 2 and unreachable thresholds the run
+    ends at max_epochs."""
+    common = dict(model=str(tiny_gptneo_dir), forget=str(record_files["forget"]), method="ga",
+                  lr=1e-4, **TINY)
+    record = unlearn(out=str(tmp_path / "a"), el_threshold=1.1, ma_threshold=1.1, **common)
+    assert record["stopped"]["epoch"] == 1
+    assert "EL/MA thresholds" in record["stopped"]["reason"]
+    record = unlearn(out=str(tmp_path / "b"), el_threshold=0.0, ma_threshold=0.0,
+                     max_epochs=2, **common)
+    assert record["stopped"] == {"epoch": 2, "reason": "max_epochs reached"}

@@ -93,3 +93,17 @@ def test_killed_run_resumes_to_the_same_result(leaky_llama_dir, record_files, tm
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(UnlearnError, match="nothing to resume"):
         unlearn(resume=str(tmp_path / "never-ran"))
+
+
+def test_collapse_rules_each_fire():
+    """Each guard rule on its own: a non-finite loss, a forget NLL past the limit (forget_ga is
+    the negated NLL, so -(-20) = 20 > 15), and a probe perplexity past factor x start."""
+    from types import SimpleNamespace
+
+    from unlearnlm.loop import _collapse
+
+    config = SimpleNamespace(guard_forget_nll=15.0, guard_ppl_factor=2.0)
+    assert "non-finite" in _collapse({"total": float("nan")}, 10.0, 10.0, config)
+    assert "runaway forget loss" in _collapse({"forget_ga": -20.0}, 10.0, 10.0, config)
+    assert "perplexity 25.0" in _collapse({"forget_ga": -5.0}, 25.0, 10.0, config)
+    assert _collapse({"forget_ga": -5.0}, 19.0, 10.0, config) == ""

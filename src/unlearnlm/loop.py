@@ -263,6 +263,8 @@ def _collapse(losses: dict, probe_ppl: float | None, start_ppl: float | None, co
 def _probe_texts(config, records, tokenizer) -> list[list[int]]:
     """A small held-out utility probe: calibration texts, else pool texts no forget sample got."""
     texts = [r.text for r in (records["calibration"] or records["pool"] or records["retain"])]
+    if not texts:
+        return []
     ids = tokenizer(texts[: config.guard_probe_texts], add_special_tokens=False)["input_ids"]
     return [list(i)[:256] for i in ids if len(i) > 1]
 
