@@ -170,3 +170,26 @@ def leaky_llama_dir(tmp_path_factory, tiny_llama_dir, record_files) -> Path:
     )
     assert record["suffix_accuracy"] == 1.0, record["epochs"][-1]
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and lose 20x when the other core is busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_gptneo(tiny_gptneo_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_gptneo_dir).eval()

@@ -12,7 +12,7 @@ import random
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from unlearnlm.errors import UnlearnError
 from unlearnlm.generation import generate_continuations
@@ -59,23 +59,7 @@ def _mixed_prefixes(vocab: range, lengths: list[int], seed: int) -> list[list[in
     return [[rng.choice(vocab) for _ in range(n)] for n in lengths]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread, and lose 20x when the other core is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tiny_llama_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
-
-
-@pytest.fixture(scope="module")
-def tiny_gptneo(tiny_gptneo_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_gptneo_dir).eval()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_greedy_follows_the_table_in_input_order():

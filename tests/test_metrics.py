@@ -12,7 +12,6 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM
 
 from test_generation import lookup_model
 from unlearnlm import metrics
@@ -36,23 +35,7 @@ from unlearnlm.metrics import (
 SEQ = [1, 2, 3, 4, 7, 0, 1, 2, 5, 6]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread, and lose 20x when the other core is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tiny_llama_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
-
-
-@pytest.fixture(scope="module")
-def tiny_gptneo(tiny_gptneo_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_gptneo_dir).eval()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- MA ----------------------------------------------------------------------------------------

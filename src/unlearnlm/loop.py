@@ -41,6 +41,7 @@ from unlearnlm.rundir import RunDir, environment_versions
 from unlearnlm.scoring import (
     Thresholds,
     calibrate,
+    el_scores,
     generation_scores,
     is_forgotten,
     memorisation_scores,
@@ -422,7 +423,7 @@ def _score_epoch(
         mean_ma = sum(mem["ma"]) / len(forget)
         # EL is the costly metric; the stop test needs it only once MA is under its threshold
         if config.el_every_epoch or mean_ma < thresholds.ma:
-            mem = memorisation_scores(model, forget, tokenizer.pad_token_id, config.el_n, True)
+            mem["el"] = el_scores(model, forget, tokenizer.pad_token_id, config.el_n)
     by_index = dict(zip(indices, gen))
     samples, dropped = [], []
     for i, sample in enumerate(forget):

@@ -85,19 +85,24 @@ def memorisation_scores(
 ) -> dict:
     """Per sample MA (all positions) and, when asked, EL_n (start positions over the suffix)."""
     ma = memorization_accuracy(model, [s.input_ids for s in samples], start=1) if samples else []
-    el: list[float | None] = [None] * len(samples)
-    if with_el:
-        by_start: dict[int, list[int]] = {}
-        for i, sample in enumerate(samples):
-            by_start.setdefault(len(sample.prefix_ids), []).append(i)
-        for start, indices in by_start.items():
-            values = extraction_likelihood(
-                model, [samples[i].input_ids for i in indices], start=start, n=el_n,
-                pad_token_id=pad_token_id,
-            )
-            for i, value in zip(indices, values):
-                el[i] = float(value)
+    el = el_scores(model, samples, pad_token_id, el_n) if with_el else [None] * len(samples)
     return {"ma": [float(v) for v in ma], "el": el}
+
+
+def el_scores(model, samples: list[Sample], pad_token_id: int, el_n: int) -> list[float]:
+    """Per sample EL_n over the suffix start positions, batched by prefix length."""
+    el = [0.0] * len(samples)
+    by_start: dict[int, list[int]] = {}
+    for i, sample in enumerate(samples):
+        by_start.setdefault(len(sample.prefix_ids), []).append(i)
+    for start, indices in by_start.items():
+        values = extraction_likelihood(
+            model, [samples[i].input_ids for i in indices], start=start, n=el_n,
+            pad_token_id=pad_token_id,
+        )
+        for i, value in zip(indices, values):
+            el[i] = float(value)
+    return el
 
 
 def is_forgotten(scores: dict, thresholds: Thresholds, rule: str) -> bool:
