@@ -50,11 +50,13 @@ class DemoSettings:
     finetune_lr: float = 1e-3
     finetune_epochs: int = 30
     finetune_target: float = 0.99
-    unlearn_lr: float = 5e-4
-    unlearn_epochs: int = 12
+    unlearn_lr: float = 1e-3
+    unlearn_epochs: int = 8
     batch_size: int = 8
     trainable_layers: int | None = 10
     retain_weight: float = 1.0
+    drop_rule: str = "or"
+    pair_with_pool: bool = True
     mixed_precision: str = "no"
     wikitext_docs: int = 16
     wikitext_tokens: int = 256
@@ -236,13 +238,14 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> dict:
     clock = time.perf_counter()
     record = unlearn(
         model=str(leaky_dir), forget=str(out / "data" / "forget.jsonl"),
-        pool=str(out / "data" / "pool.jsonl"), retain=str(out / "data" / "keep.jsonl"),
+        pool=str(out / "data" / "pool.jsonl") if s.pair_with_pool else None,
+        retain=str(out / "data" / "keep.jsonl"),
         calibrate_on=str(out / "data" / "calibration.jsonl"), out=str(out / "model"),
         lr=s.unlearn_lr, max_epochs=s.unlearn_epochs, batch_size=s.batch_size,
         prefix_tokens=50, suffix_tokens=None, mixed_precision=s.mixed_precision,
         loss_weights={"retain_nll": s.retain_weight} if s.retain_weight else {},
         seed=s.seed, trainable_layers=s.trainable_layers, el_every_epoch=False,
-        calibrate_el=False, overwrite=True,
+        calibrate_el=False, drop_rule=s.drop_rule, overwrite=True,
     )
     timings["unlearn"] = time.perf_counter() - clock
     _say(f"  Stopped after epoch {record['stopped']['epoch']}: {record['stopped']['reason']}.")
