@@ -41,6 +41,7 @@ def test_demo_pipeline_runs_on_a_tiny_model(tiny_llama_dir, tmp_path, monkeypatc
     assert "report.md" in printed.splitlines()[-1]  # ends by naming the output files
     assert (out / "model" / "run.json").is_file()
     assert (out / "report.md").read_text().startswith("# unlearnlm demo report")
+    assert "data:image/png;base64," in (out / "report.html").read_text()
     saved = json.loads((out / "summary.json").read_text())
     assert saved["fields_forget"] == 2 * 4 and saved["fields_keep"] == 2 * 4
     assert summary["unlearn_epochs"] == 1

@@ -68,7 +68,11 @@ def test_forget_metrics_in_range(tiny_neo):
 
 
 def test_pick_choice_on_controlled_log_probs():
-    """acc picks the highest sum; acc_norm the highest per byte: -6/3 = -2 beats -4/1."""
+    """acc picks the highest sum; acc_norm the highest per character: -6/3 = -2 beats -4/1.
+    The joining space does not count: " ab" and "ab" are 2 characters, " é" is 1."""
+    from unlearnlm.downstream import choice_length
+
+    assert [choice_length(c) for c in (" ab", "ab", " é", "  x")] == [2, 2, 1, 2]
     assert pick_choice([-4.0, -6.0]) == 0
     assert pick_choice([-4.0, -6.0], [1, 3]) == 1
     assert pick_choice([-1.0, -1.0]) == 0  # ties go to the first

@@ -145,3 +145,14 @@ def test_stops_once_the_forget_set_is_under_the_el_ma_thresholds(
     record = unlearn(out=str(tmp_path / "b"), el_threshold=0.0, ma_threshold=0.0,
                      max_epochs=2, **common)
     assert record["stopped"] == {"epoch": 2, "reason": "max_epochs reached"}
+
+
+def test_distinct_targets_drop_bigrams_shared_with_the_partner():
+    """forget [5, 6, 7, 8, 9], targets from position 2: tokens 7, 8, 9 with bigrams (6, 7),
+    (7, 8), (8, 9). The partner [1, 6, 7, 3, 8, 9] holds (6, 7) and (8, 9), so only the target
+    at position 3 (token 8 after 7) stays: mask [0, 0, 0, 1, 0]; padding stays unmarked."""
+    from unlearnlm.loop import collate, keep_distinct_targets
+
+    batch = collate([[5, 6, 7, 8, 9], [5, 6]], [2, 1], pad_token_id=0, device="cpu")
+    keep_distinct_targets(batch, [[1, 6, 7, 3, 8, 9], [4, 4]])
+    assert batch["loss_mask"].tolist() == [[0, 0, 0, 1, 0], [0, 1, 0, 0, 0]]

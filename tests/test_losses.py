@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 
 import pytest
 import torch
 
+from unlearnlm.data import Sample
+from unlearnlm.loop import completion_batch
 from unlearnlm.losses import (
     LOSS_TERMS,
     METHODS,
     combined_loss,
+    dpo,
     forget_ga,
     kl_to_reference,
     nll,
     npo,
+    sequence_logprobs,
     token_logprobs,
 )
 
@@ -65,6 +70,79 @@ def test_npo_at_reference_equals_two_over_beta_log_two():
     assert npo(logits, logits, ids, mask, beta=0.1).item() == pytest.approx(
         20 * math.log(2.0), rel=1e-5
     )
+
+
+def test_dpo_at_reference_equals_log_two():
+    """With P_theta = P_theta0 both log-ratios are 0, so the loss is -log sigmoid(0) = log 2 for
+    any beta and any answers."""
+    logits = torch.randn(4, 5, 7)  # B = 2 prompts: 2 preferred rows, then 2 rejected rows
+    ids = torch.randint(0, 7, (4, 5))
+    mask = torch.tensor([[0, 0, 1, 1, 1]] * 4)
+    for beta in (0.1, 1.0):
+        assert dpo(logits, logits, ids, mask, beta=beta).item() == pytest.approx(
+            math.log(2.0), abs=1e-6
+        )
+
+
+def test_dpo_matches_hand_computation():
+    """Vocabulary of 2, one prompt [0]; preferred answer [1], rejected answer [0]. The reference
+    gives both tokens 1/2; the policy gives token 1 3/4 and token 0 1/4 (logits (0, log 3)).
+    r(y_w) = log(3/4) - log(1/2) = log(3/2), r(y_l) = log(1/4) - log(1/2) = log(1/2), so
+    r(y_w) - r(y_l) = log 3. With beta = 1: -log sigmoid(log 3) = -log(3/4) = 0.28768; with
+    beta = 0.1: -log sigmoid(0.1 log 3) = log(1 + 3^-0.1) = 0.63972."""
+    policy = torch.tensor([[[0.0, math.log(3.0)]] * 2] * 2)  # (2, 2, 2)
+    reference = torch.zeros(2, 2, 2)
+    ids = torch.tensor([[0, 1], [0, 0]])
+    mask = torch.tensor([[0, 1], [0, 1]])
+    assert dpo(policy, reference, ids, mask, beta=1.0).item() == pytest.approx(
+        -math.log(0.75), abs=1e-6
+    )
+    assert dpo(policy, reference, ids, mask, beta=0.1).item() == pytest.approx(
+        math.log(1.0 + 3.0 ** -0.1), abs=1e-6
+    )
+
+
+def test_dpo_step_lowers_the_rejected_answer_and_raises_the_preferred():
+    """d loss / d r(y_l) = beta * sigmoid(-beta (r(y_w) - r(y_l))) = beta / 2 > 0 at the start,
+    and d loss / d r(y_w) = -beta / 2, so one gradient-descent step on the logits lowers the
+    rejected answer's log-probability and raises the preferred one's."""
+    torch.manual_seed(0)
+    reference = torch.randn(2, 4, 6)
+    ids = torch.randint(0, 6, (2, 4))
+    mask = torch.tensor([[0, 0, 1, 1]] * 2)
+    logits = reference.clone().requires_grad_(True)
+    dpo(logits, reference, ids, mask, beta=0.1).backward()
+    stepped = logits.detach() - 1.0 * logits.grad
+    before = sequence_logprobs(reference, ids, mask)
+    after = sequence_logprobs(stepped, ids, mask)
+    assert after[0] > before[0]  # preferred up
+    assert after[1] < before[1]  # rejected down
+
+
+def test_completion_batch_masks_only_the_completion():
+    """Prefixes [5, 6, 7] and [1, 2] with the single completion [8, 9]: rows [5, 6, 7, 8, 9] and
+    [1, 2, 8, 9, pad]; targets are the completion tokens only (mask 0 0 0 1 1 and 0 0 1 1 0).
+    With the true suffixes appended (the preference layout) rows 2 and 3 are the samples
+    themselves, masked from their prefix length on."""
+    samples = [Sample("a", "", [5, 6, 7], [3, 4]), Sample("b", "", [1, 2], [3])]
+    rng = random.Random(0)
+    batch = completion_batch(samples, [[8, 9]], rng, pad=0, device="cpu")
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [1, 2, 8, 9, 0]]
+    assert batch["loss_mask"].tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 1, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    pref = completion_batch(samples, [[8, 9]], rng, pad=0, device="cpu", with_true_suffix=True)
+    assert pref["input_ids"].tolist()[2:] == [[5, 6, 7, 3, 4], [1, 2, 3, 0, 0]]
+    assert pref["loss_mask"].tolist()[2:] == [[0, 0, 0, 1, 1], [0, 0, 1, 0, 0]]
+
+
+def test_completion_batch_draws_from_the_rng():
+    """The same seed gives the same completions (resumable); completions come from the list."""
+    samples = [Sample(str(i), "", [1, 2], [3]) for i in range(6)]
+    completions = [[10], [11], [12], [13]]
+    first = completion_batch(samples, completions, random.Random(3), pad=0, device="cpu")
+    again = completion_batch(samples, completions, random.Random(3), pad=0, device="cpu")
+    assert torch.equal(first["input_ids"], again["input_ids"])
+    assert set(first["input_ids"][:, 2].tolist()) <= {10, 11, 12, 13}
 
 
 def test_token_logprobs_shape_and_values():
@@ -121,3 +199,34 @@ def test_every_method_uses_known_terms():
     for method in METHODS.values():
         assert set(method.weights) <= set(LOSS_TERMS)
     assert METHODS["icu"].weights == {"forget_ga": 1.0, "analogous_nll": 0.5, "analogous_kl": 1.0}
+    assert METHODS["llmu"].weights == {"forget_ga": 0.5, "mismatch_nll": 1.0, "retain_kl": 1.0}
+    assert METHODS["dpo"].weights == {"forget_dpo": 1.0}
+
+
+def test_llmu_starts_as_half_ga_plus_mismatch_nll(tiny_llama_dir):
+    """LLMU at the start: the policy equals the reference, so retain_kl = 0 and the total is
+    0.5 * forget_ga + mismatch_nll; mismatch_nll is the NLL over the completion tokens only."""
+    model = _tiny_model(tiny_llama_dir)
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    sample = Sample("a", "", [5, 17, 42], [99, 7])
+    mismatch = completion_batch([sample], [[8, 9, 10]], random.Random(0), pad=0, device="cpu")
+    batches = {"forget": _batch([5, 17, 42, 99, 7]), "mismatch": mismatch,
+               "retain": _batch([11, 12, 13, 14])}
+    total, parts = combined_loss(METHODS["llmu"].weights, model, reference, batches)
+    assert parts["retain_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert total.item() == pytest.approx(0.5 * parts["forget_ga"] + parts["mismatch_nll"],
+                                         rel=1e-5)
+    logits = model(input_ids=mismatch["input_ids"]).logits
+    completion_only = -token_logprobs(logits, mismatch["input_ids"])[0, 2:].mean()
+    assert parts["mismatch_nll"] == pytest.approx(completion_only.item(), rel=1e-5)
+
+
+def test_dpo_term_starts_at_log_two(tiny_llama_dir):
+    """Through combined_loss, on a preference batch built from one forget sample: log 2."""
+    model = _tiny_model(tiny_llama_dir)
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    sample = Sample("a", "", [5, 17, 42], [99, 7])
+    pref = completion_batch([sample], [[8, 9]], random.Random(0), pad=0, device="cpu",
+                            with_true_suffix=True)
+    total, parts = combined_loss(METHODS["dpo"].weights, model, reference, {"preference": pref})
+    assert parts["forget_dpo"] == pytest.approx(math.log(2.0), abs=1e-5)

@@ -111,11 +111,34 @@ def build_parser() -> argparse.ArgumentParser:
                     "benchmark's val split)")
     ev.add_argument("--tasks", help="comma-separated task names (default: all)")
     ev.add_argument("--limit", type=int, help="at most N documents/questions/non-members a task")
+    ev.add_argument("--backend", choices=["ours", "harness"], default="ours",
+                    help="who scores the zero-shot choice tasks and lambada: our implementation "
+                    "(default) or lm-evaluation-harness (needs unlearnlm[harness]; other tasks "
+                    "stay ours)")
     ev.add_argument("--prefix-tokens", type=int, default=50, help="prefix length in tokens")
     ev.add_argument("--suffix-tokens", type=_int_or_null, default=50,
                     help="suffix length in tokens ('all': the rest)")
+    ev.add_argument("--judge-url", help="OpenAI-compatible API root (e.g. "
+                    "http://127.0.0.1:8000/v1): an LLM judge scores the forget generations 0-10")
+    ev.add_argument("--judge-model", help="model name for the judge (needed with --judge-url)")
+    ev.add_argument("--judge-key-env", help="environment variable holding the judge's API key "
+                    "(default: OPENAI_API_KEY when set; local servers may need none)")
     ev.add_argument("--out", required=True, help="output directory for eval.json")
     ev.set_defaults(func=cmd_eval)
+
+    rep = sub.add_parser("report", help="write report.md and report.html for an unlearn run")
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of an unlearn run")
+    for side, what in (("before", "the original model"), ("after", "the unlearned model"),
+                       ("retain", "a model trained without the forget set")):
+        rep.add_argument(f"--{side}", metavar="P", help=f"eval.json (or its folder) of {what} "
+                         f"(default: RUN_DIR/eval-{side}/eval.json when it exists)")
+    rep.add_argument("--out", metavar="DIR", help="where to write the report (default RUN_DIR)")
+    rep.set_defaults(func=cmd_report)
+
+    bench = sub.add_parser("bench", help="the paper's comparison: make a model leak a forget "
+                           "set, unlearn it with every method, evaluate all, tabulate")
+    add_bench_flags(bench)
+    bench.set_defaults(func=cmd_bench)
 
     methods = sub.add_parser("methods", help="list the methods and their loss weights")
     methods.set_defaults(func=cmd_methods)
@@ -182,6 +205,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from unlearnlm.models import load_model
 
     tasks = plan_tasks(args.tasks, has_forget=bool(args.forget))
+    judge = _judge_settings(args, tasks)
+    if args.backend == "harness":
+        from unlearnlm.harness import require_lm_eval
+
+        require_lm_eval()  # before the model loads
     forget = read_records(args.forget, role="forget") if args.forget else None
     nonmember = None
     if forget and {"forget", "mia"} & set(tasks):
@@ -194,12 +222,79 @@ def cmd_eval(args: argparse.Namespace) -> int:
         forget=split_records(forget, tokenizer, **split) if forget else None,
         nonmember=split_records(nonmember, tokenizer, **split, role="nonmember")
         if nonmember else None,
+        judge=judge, backend=args.backend,
     )
     result["settings"].update(model=args.model, forget=args.forget, nonmember=args.nonmember
                               or ("extraction val split" if nonmember else None), **split)
     path = write_results(result, args.out)
     print(aggregate_table(result))
     print(f"Per-sample results in {path}")
+    return 0
+
+
+def _judge_settings(args: argparse.Namespace, tasks: list[str]):
+    """The LLM judge of ``eval`` from the --judge-* flags, or None without --judge-url."""
+    from unlearnlm.judge import JudgeSettings
+
+    if not args.judge_url:
+        if args.judge_model or args.judge_key_env:
+            raise UnlearnError("--judge-model and --judge-key-env need --judge-url; give the "
+                               "judge's API root, e.g. --judge-url http://127.0.0.1:8000/v1")
+        return None
+    if not args.judge_model:
+        raise UnlearnError("--judge-url needs --judge-model; give the name of a model the judge "
+                           "server serves, e.g. --judge-model gpt-4o")
+    if "forget" not in tasks:
+        raise UnlearnError("the LLM judge scores the forget task; add forget to --tasks and give "
+                           "--forget, or leave out --judge-url")
+    return JudgeSettings(args.judge_url, args.judge_model, api_key_env=args.judge_key_env)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from unlearnlm.report import build_report
+
+    paths = build_report(args.run_dir, before=args.before, after=args.after,
+                         retain=args.retain, out=args.out)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _float_or_null(value: str) -> float | None:
+    return None if value.lower() in ("none", "null", "off") else float(value)
+
+
+def add_bench_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per BenchSettings field; a flag left out keeps the field's default."""
+    from unlearnlm.bench import BenchSettings
+
+    defaults = BenchSettings.__dataclass_fields__
+    for f in dataclasses.fields(BenchSettings):
+        flag = "--" + f.name.replace("_", "-")
+        default = _default_of(defaults[f.name])
+        shown = ",".join(default) if isinstance(default, list) else default
+        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
+        annotation = str(f.type)
+        if annotation == "bool":
+            parser.add_argument(flag, action="store_const", const=True,
+                                default=argparse.SUPPRESS, help=help_text)
+            continue
+        kind = {"int | None": _int_or_null, "float | None": _float_or_null}.get(annotation)
+        parser.add_argument(flag, type=kind or _flag_type(annotation),
+                            default=argparse.SUPPRESS, help=help_text)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from unlearnlm.bench import BenchSettings, run_bench
+    from unlearnlm.bench_report import table_markdown
+
+    names = [f.name for f in dataclasses.fields(BenchSettings)]
+    results = run_bench(BenchSettings(**{n: getattr(args, n) for n in names if hasattr(args, n)}))
+    print(table_markdown(results["rows"]))
+    print()
+    for claim in results["claims"]:
+        print(f"{claim['result']:11s} {claim['claim']} ({claim['measured']})")
+    print("\nFiles: " + ", ".join(results["files"].values()))
     return 0
 
 

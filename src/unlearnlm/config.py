@@ -36,6 +36,10 @@ class UnlearnConfig:
     )
     method: str = _f("icu", "unlearning method (see `unlearnlm methods`)")
     loss_weights: dict[str, float] = _f({}, "override the method's loss weights, by term name")
+    dpo_preferred: str = _f(
+        "other", "dpo's preferred answer: 'other' (a random retain/pool text's suffix) or "
+        "'refusal' (\" I don't know.\")"
+    )
     lr: float = _f(5e-6, "learning rate (paper: 5e-6)")
     batch_size: int = _f(8, "forget samples per step (paper: 8)")
     max_epochs: int = _f(30, "stop after this many epochs at the latest")
@@ -47,6 +51,10 @@ class UnlearnConfig:
     prefix_tokens: int = _f(50, "prefix length in the model's tokens (paper: 50)")
     suffix_tokens: int | None = _f(50, "suffix length in tokens (paper: 50); null: all the rest")
     loss_on: str = _f("suffix", "forget loss positions: 'suffix' (paper) or 'all' (official code)")
+    forget_tokens: str = _f(
+        "all", "gradient-ascent targets: 'all' suffix tokens (paper) or 'distinct': only tokens "
+        "whose bigram is absent from the sample's analogous text, keeping shared wording out"
+    )
     drop_rule: str = _f("and", "'and' (paper): both scores under threshold; 'or' (official code)")
     bleu_threshold: float = _f(0.01, "a generation with BLEU under this counts as forgotten")
     bertscore_threshold: float = _f(0.3, "a generation with BERTScore-F1 under this is forgotten")
@@ -100,8 +108,10 @@ class UnlearnConfig:
         choices = {
             "loss_on": ("suffix", "all"),
             "drop_rule": ("and", "or"),
+            "forget_tokens": ("all", "distinct"),
             "decoding": ("greedy", "beam"),
             "mixed_precision": ("no", "bf16", "fp16"),
+            "dpo_preferred": ("other", "refusal"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

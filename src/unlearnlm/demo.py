@@ -263,8 +263,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> dict:
          f"{summary['forget_leaked_after']} of {summary['fields_forget']} fields (before "
          f"{summary['forget_leaked_before']}); kept records still leaking: "
          f"{summary['keep_kept_share']:.0%} of what they leaked before.")
-    _say(f"Files: {report} (the report), {out / 'model'} (the unlearned model and run.json), "
-         f"{out / 'data'} (the records), {out / 'summary.json'}.")
+    _say(f"Files: {report} and {out / 'report.html'} (the report), {out / 'model'} (the "
+         f"unlearned model and run.json), {out / 'data'} (the records), {out / 'summary.json'}.")
     return summary
 
 

@@ -2,8 +2,9 @@
 
 - Multiple choice (``choice_accuracy``): each choice is scored by the SUM of the log-probs of its
   continuation tokens given its context, log P(continuation | context); the prediction is the
-  highest sum (``acc``). ``acc_norm`` divides each sum by the continuation's length in UTF-8
-  bytes first, as lm-evaluation-harness does (Gao et al. 2021).
+  highest sum (``acc``). ``acc_norm`` divides each sum by the choice's length in characters
+  first, without the one space that joins it to the context: lm-evaluation-harness's definition
+  (Gao et al. 2021), checked against it in tests/test_harness.py.
 - LAMBADA (Paperno et al. 2016, ``lambada_accuracy``): right when greedy decoding after the
   passage reproduces every token of its last word, read from one teacher-forced pass.
 - Dialogue (``dialogue_f1``): unigram F1 of a greedy reply against the gold reply after
@@ -75,6 +76,11 @@ def pick_choice(log_likelihoods: list[float], lengths: list[int] | None = None) 
     return max(range(len(values)), key=lambda i: (values[i], -i))
 
 
+def choice_length(continuation: str) -> int:
+    """The length ``acc_norm`` divides by: characters of the choice, less its joining space."""
+    return len(continuation[1:] if continuation.startswith(" ") else continuation)
+
+
 def choice_accuracy(
     model, tokenizer, items: list[ChoiceItem], max_tokens: int = 1024, batch_size: int = 8
 ) -> dict:
@@ -85,7 +91,7 @@ def choice_accuracy(
     rows = []
     for item in items:
         lls = [next(scores)[0] for _ in item.continuations]
-        sizes = [len(c.encode("utf-8")) for c in item.continuations]
+        sizes = [choice_length(c) for c in item.continuations]
         rows.append({"id": item.id, "answer": item.answer, "log_likelihoods": lls,
                      "prediction": pick_choice(lls), "prediction_norm": pick_choice(lls, sizes)})
     acc = [float(r["prediction"] == r["answer"]) for r in rows]

@@ -13,6 +13,10 @@ tasks and returns ``{"tasks": {name: {"aggregate": {...}, "samples": [...]}}, ..
 - ``dialogue`` (all four sets) or one of ``eval_data.DIALOGUE_SETS``: dialogue unigram F1.
 - ``mia``: membership-inference AUCs, forget set vs non-members (``privacy.membership_audit``).
 
+With ``judge=JudgeSettings(...)``, an LLM judge also scores each forget-set generation 0-10
+(``judge_score``, ``judge_reason`` per sample; the mean ``judge_score`` and the number of replies
+without a score, ``judge_failures``, in the aggregate); see ``unlearnlm.judge``.
+
 ``limit`` caps the documents / questions / non-member samples of every task (not the forget set).
 """
 
@@ -28,6 +32,7 @@ from unlearnlm import downstream, eval_data, privacy
 from unlearnlm.data import Record, Sample
 from unlearnlm.errors import UnlearnError
 from unlearnlm.generation import generate_continuations
+from unlearnlm.judge import JudgeSettings, judge_samples, summarize_verdicts
 from unlearnlm.metrics import (
     bertscore_f1,
     bleu_scores,
@@ -113,6 +118,21 @@ def forget_metrics(model, tokenizer, samples: list[Sample], el_n: int = 10) -> d
             | {"n": len(samples), "el_n": el_n}, "samples": rows}
 
 
+def add_judge_scores(section: dict, samples: list[Sample], tokenizer,
+                     judge: JudgeSettings) -> None:
+    """Add the LLM judge's verdict on each generation of ``forget_metrics``'s ``section``."""
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    verdicts = judge_samples(judge, [decode(s.prefix_ids) for s in samples],
+                             [decode(s.suffix_ids) for s in samples],
+                             [row["generation"] for row in section["samples"]])
+    for row, verdict in zip(section["samples"], verdicts, strict=True):
+        row["judge_score"], row["judge_reason"] = verdict["score"], verdict["reason"]
+    summary = summarize_verdicts(verdicts)
+    section["aggregate"].update(judge_score=summary["score"], judge_failures=summary["failures"])
+
+
 # --- perplexity ----------------------------------------------------------------------------------
 
 
@@ -145,7 +165,7 @@ def _run_task(name: str, model, tokenizer, limit: int | None) -> dict:
     return downstream.dialogue_f1(model, tokenizer, items, max_tokens=cap)
 
 
-def _privacy_tasks(model, tokenizer, tasks, forget, nonmember, el_n) -> dict:
+def _privacy_tasks(model, tokenizer, tasks, forget, nonmember, el_n, judge=None) -> dict:
     """The forget, verdict and mia sections, each only when its inputs are there."""
     results: dict = {}
     if ("forget" in tasks or "mia" in tasks) and not forget:
@@ -159,6 +179,8 @@ def _privacy_tasks(model, tokenizer, tasks, forget, nonmember, el_n) -> dict:
     if "forget" in tasks:
         log.info("Forget-set metrics on %d samples", len(forget))
         results["forget"] = forget_metrics(model, tokenizer, forget, el_n)
+        if judge is not None:
+            add_judge_scores(results["forget"], forget, tokenizer, judge)
         if nonmember:
             log.info("The same metrics on %d non-member samples", len(nonmember))
             results["nonmember"] = forget_metrics(model, tokenizer, nonmember, el_n)
@@ -183,20 +205,31 @@ def evaluate(
     tasks: list[str] | None,
     limit: int | None,
     el_n: int = 10,
+    judge: JudgeSettings | None = None,
+    backend: str = "ours",
 ) -> dict:
-    """Run the tasks (None = all but the per-set dialogue names, which ``dialogue`` covers)."""
+    """Run the tasks (None = all but the per-set dialogue names, which ``dialogue`` covers);
+    ``judge``: also have an LLM judge score the forget-set generations; ``backend="harness"``:
+    score the tasks of ``harness.HARNESS_TASKS`` with lm-evaluation-harness instead."""
+    from unlearnlm.harness import backend_runner
+
+    run_harness = backend_runner(backend)  # None for ours; fails early without lm_eval
     names = resolve_tasks(tasks)
     if limit is not None and limit < 1:
         raise UnlearnError(f"limit is {limit}; give 1 or more (or leave it out for everything)")
     if any(n not in ("forget", "mia") for n in names):
         eval_data.eval_dir()  # fail early, naming UNLEARNLM_DATA
     nonmember = nonmember[:limit] if nonmember and limit is not None else nonmember
-    results = _privacy_tasks(model, tokenizer, names, forget, nonmember, el_n)
+    results = _privacy_tasks(model, tokenizer, names, forget, nonmember, el_n, judge)
     for name in names:
         if name not in ("forget", "mia"):
             log.info("Task %s", name)
-            results[name] = _run_task(name, model, tokenizer, limit)
-    return {"tasks": results, "settings": {"tasks": names, "limit": limit, "el_n": el_n}}
+            section = run_harness(name, model, tokenizer, limit) if run_harness else None
+            results[name] = section or _run_task(name, model, tokenizer, limit)
+    judged_by = {"url": judge.base_url, "model": judge.model} if judge else None
+    return {"tasks": results,
+            "settings": {"tasks": names, "limit": limit, "el_n": el_n, "judge": judged_by,
+                         "backend": backend}}
 
 
 def extraction_nonmembers(limit: int | None) -> list[Record]:

@@ -109,6 +109,11 @@ def _setup(config: UnlearnConfig, run_dir: RunDir) -> _Run:
         run.analogous, run.record["pairs"] = _pair(config, records, tokenizer, run.forget)
     if "retain" in need:
         run.retain = _retain_samples(config, records, tokenizer, run.forget)
+    if "mismatch" in need:
+        run.mismatch = _other_suffixes(config, records, tokenizer,
+                                       "their suffixes are the mismatched completions")
+    if "preference" in need:
+        run.preferred = _preferred_answers(config, records, tokenizer)
     run.probe = _probe_texts(config, records, tokenizer)
     run.timings["data_and_pairing"] = time.perf_counter() - clock
 
@@ -142,6 +147,8 @@ class _Run:
     forget: list = field(default_factory=list)
     analogous: list = field(default_factory=list)
     retain: list = field(default_factory=list)
+    mismatch: list = field(default_factory=list)  # completions for LLMU's mismatch batch
+    preferred: list = field(default_factory=list)  # DPO's preferred answers
     probe: list = field(default_factory=list)
     active: list = field(default_factory=list)
     record: dict = field(default_factory=dict)
@@ -180,7 +187,11 @@ class _Run:
             clock = time.perf_counter()
             losses = _train_epoch(self, self.epoch)
             self.timings["training"] += time.perf_counter() - clock
-            problem = _collapse(losses, self._probe_ppl(), guard["probe_ppl_start"], config)
+            clock = time.perf_counter()
+            probe_ppl = self._probe_ppl()
+            self.timings["guard_probe"] = self.timings.get("guard_probe", 0.0) + (
+                time.perf_counter() - clock)
+            problem = _collapse(losses, probe_ppl, guard["probe_ppl_start"], config)
             if problem:
                 self._roll_back(good, problem)
                 continue
@@ -233,10 +244,13 @@ class _Run:
             return float(perplexity(self.model, self.probe))
 
     def _checkpoint(self) -> None:
+        clock = time.perf_counter()
         self.record["timings_s"] = {k: round(v, 3) for k, v in self.timings.items()}
         state = {"epoch": self.epoch, "active": self.active, "record": self.record,
                  "torch_rng": torch.get_rng_state()}
         save_checkpoint(self.config.out, self.model, self.optimizer, state)
+        self.timings["checkpoint"] = self.timings.get("checkpoint", 0.0) + (
+            time.perf_counter() - clock)
 
 
 def _set_lr(optimizer, lr: float) -> None:
@@ -344,6 +358,42 @@ def _retain_samples(config, records, tokenizer, forget: list[Sample]) -> list[li
     return [list(i)[:cap] for i in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
+REFUSAL = " I don't know."  # DPO's preferred answer with dpo_preferred: refusal (as in TOFU)
+
+
+def _other_suffixes(config, records, tokenizer, use: str, fix: str = "") -> list[list[int]]:
+    """Suffixes of the retain and pool texts, split like the forget set; texts equal to a forget
+    text, and texts too short to have a suffix, are left out."""
+    forget_texts = {r.text.strip() for r in records["forget"]}
+    others = [r for role in ("retain", "pool") for r in records[role]
+              if r.text.strip() not in forget_texts]
+    if not others:
+        raise UnlearnError(
+            f"method '{config.method}' needs retain or pool texts ({use}): give --retain or "
+            f"--pool{fix}"
+        )
+    lengths = [len(i) for i in tokenizer([r.text for r in others],
+                                         add_special_tokens=False)["input_ids"]]
+    usable = [r for r, n in zip(others, lengths)
+              if r.suffix is not None or n > config.prefix_tokens]
+    if not usable:
+        raise UnlearnError(
+            f"none of the {len(others)} retain/pool texts is longer than prefix_tokens="
+            f"{config.prefix_tokens} tokens ({use}): give longer texts or lower --prefix-tokens"
+        )
+    samples = split_records(usable, tokenizer, config.prefix_tokens, config.suffix_tokens,
+                            role="retain/pool")
+    return [s.suffix_ids for s in samples]
+
+
+def _preferred_answers(config, records, tokenizer) -> list[list[int]]:
+    """DPO's preferred answers: the refusal, or the suffixes of other texts."""
+    if config.dpo_preferred == "refusal":
+        return [list(tokenizer(REFUSAL, add_special_tokens=False)["input_ids"])]
+    return _other_suffixes(config, records, tokenizer, "their suffixes are the preferred answers",
+                           fix=", or set --dpo-preferred refusal")
+
+
 def _thresholds(config, records, accelerator, model, tokenizer) -> Thresholds:
     if not config.calibrate_on:
         return Thresholds(
@@ -389,7 +439,8 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
     batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     for batch in tqdm(batches, desc=f"epoch {epoch}", leave=False, unit="step"):
         parts = _build_batches(batch, run.forget, run.analogous, run.retain, rng, config,
-                               run.tokenizer.pad_token_id, accelerator.device)
+                               run.tokenizer.pad_token_id, accelerator.device,
+                               mismatch=run.mismatch, preferred=run.preferred)
         with accelerator.autocast():
             loss, terms = combined_loss(run.weights, model, run.reference, parts)
         run.optimizer.zero_grad(set_to_none=True)
@@ -400,15 +451,50 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
     return {name: value / max(len(batches), 1) for name, value in sums.items()}
 
 
-def _build_batches(batch, forget, analogous, retain, rng, config, pad, device) -> dict:
+def _build_batches(batch, forget, analogous, retain, rng, config, pad, device, *,
+                   mismatch=(), preferred=()) -> dict:
     starts = [len(forget[i].prefix_ids) if config.loss_on == "suffix" else 1 for i in batch]
     parts = {"forget": collate([forget[i].input_ids for i in batch], starts, pad, device)}
     if analogous:
         parts["analogous"] = collate([analogous[i] for i in batch], [1] * len(batch), pad, device)
+        if config.forget_tokens == "distinct":
+            keep_distinct_targets(parts["forget"], [analogous[i] for i in batch])
     if retain:
         chosen = [retain[rng.randrange(len(retain))] for _ in batch]
         parts["retain"] = collate(chosen, [1] * len(chosen), pad, device)
+    if mismatch:
+        parts["mismatch"] = completion_batch([forget[i] for i in batch], mismatch, rng, pad,
+                                             device)
+    if preferred:
+        parts["preference"] = completion_batch([forget[i] for i in batch], preferred, rng, pad,
+                                               device, with_true_suffix=True)
     return parts
+
+
+def keep_distinct_targets(forget_batch: dict, partners: list[list[int]]) -> None:
+    """Unmark forget targets whose bigram (previous token, token) also occurs in the sample's
+    analogous partner: wording the two share (a form's field names, common phrases) is what the
+    analogous loss keeps, so gradient ascent goes only to what tells the forget text apart."""
+    ids, mask = forget_batch["input_ids"], forget_batch["loss_mask"]  # (B, T)
+    for row, partner in enumerate(partners):
+        shared = set(zip(partner, partner[1:]))
+        tokens = ids[row].tolist()
+        for t in range(1, len(tokens)):
+            if mask[row, t] and (tokens[t - 1], tokens[t]) in shared:
+                mask[row, t] = 0
+
+
+def completion_batch(samples: list[Sample], completions: list[list[int]], rng, pad: int, device,
+                     with_true_suffix: bool = False) -> dict[str, torch.Tensor]:
+    """Each sample's prefix followed by a random completion; ``loss_mask`` covers the completion
+    only. ``with_true_suffix`` appends the same prefixes with their own suffixes as rows B..2B-1
+    (the layout of the ``preference`` batch: preferred rows, then rejected rows)."""
+    prefixes = [s.prefix_ids for s in samples]
+    rows = [p + list(completions[rng.randrange(len(completions))]) for p in prefixes]
+    if with_true_suffix:
+        rows += [s.input_ids for s in samples]
+        prefixes += prefixes
+    return collate(rows, [len(p) for p in prefixes], pad, device)
 
 
 def _score_epoch(

@@ -6,7 +6,10 @@ Every term averages over the target tokens of the batch (the Hugging Face conven
 writes sums, and Adam makes the two differ only in how terms of different lengths weigh.
 
 A method is a weighted sum of named terms (``LOSS_TERMS``), each reading one kind of batch:
-``forget`` (the active forget samples), ``analogous`` (their KNN partners) or ``retain``.
+``forget`` (the active forget samples), ``analogous`` (their KNN partners), ``retain``,
+``mismatch`` (each forget prefix followed by another text's suffix; targets: that suffix) or
+``preference`` (2B rows: B forget prefixes with a preferred answer, then the same B prefixes with
+their true suffix; targets: the answers).
 """
 
 from __future__ import annotations
@@ -53,6 +56,12 @@ def kl_to_reference(
     return _masked_mean(kl, loss_mask[:, 1:])
 
 
+def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor,
+                      loss_mask: torch.Tensor) -> torch.Tensor:
+    """log P(y_b | x_b) = sum_t log P(x_t | x_<t) over the target tokens of each row, shape (B,)."""
+    return (token_logprobs(logits, input_ids) * loss_mask[:, 1:].float()).sum(-1)
+
+
 def npo(
     logits: torch.Tensor,
     reference_logits: torch.Tensor,
@@ -62,22 +71,42 @@ def npo(
 ) -> torch.Tensor:
     """Negative preference optimisation (Zhang et al. 2024):
     -(2/beta) * mean_b log sigmoid(-beta * (log P_theta(y_b) - log P_theta0(y_b)))."""
-    mask = loss_mask[:, 1:].float()
-    policy = (token_logprobs(logits, input_ids) * mask).sum(-1)  # (B,)
-    reference = (token_logprobs(reference_logits, input_ids) * mask).sum(-1)
+    policy = sequence_logprobs(logits, input_ids, loss_mask)  # (B,)
+    reference = sequence_logprobs(reference_logits, input_ids, loss_mask)
     return -(2.0 / beta) * F.logsigmoid(-beta * (policy - reference)).mean()
+
+
+def dpo(
+    logits: torch.Tensor,
+    reference_logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """Direct preference optimisation (Rafailov et al. 2023, "Direct Preference Optimization"),
+    used for unlearning as in TOFU (Maini et al. 2024): the true answer is the rejected one.
+
+    The batch holds 2B rows: rows 0..B-1 are the preferred answers y_w, rows B..2B-1 the rejected
+    answers y_l for the same prompts; ``loss_mask`` covers the answer tokens only. With
+    r(y) = log P_theta(y | x) - log P_theta0(y | x) (sums over answer tokens):
+    -mean_b log sigmoid(beta * (r(y_w) - r(y_l))). It equals log 2 while P_theta = P_theta0."""
+    policy = sequence_logprobs(logits, input_ids, loss_mask)  # (2B,)
+    reference = sequence_logprobs(reference_logits, input_ids, loss_mask)
+    ratio = policy - reference
+    preferred, rejected = ratio.chunk(2)  # (B,), (B,)
+    return -F.logsigmoid(beta * (preferred - rejected)).mean()
 
 
 @dataclass(frozen=True)
 class LossTerm:
     """A named term: which batch it reads and which pure function scores it."""
 
-    batch: str  # "forget" | "analogous" | "retain"
-    kind: str  # "ga" | "nll" | "kl" | "npo"
+    batch: str  # "forget" | "analogous" | "retain" | "mismatch" | "preference"
+    kind: str  # "ga" | "nll" | "kl" | "npo" | "dpo"
 
     @property
     def needs_reference(self) -> bool:
-        return self.kind in ("kl", "npo")
+        return self.kind in ("kl", "npo", "dpo")
 
 
 LOSS_TERMS: dict[str, LossTerm] = {
@@ -87,6 +116,10 @@ LOSS_TERMS: dict[str, LossTerm] = {
     "analogous_kl": LossTerm("analogous", "kl"),
     "retain_nll": LossTerm("retain", "nll"),
     "retain_kl": LossTerm("retain", "kl"),
+    # LLMU's random mismatch (Yao et al. 2023, "Large Language Model Unlearning"): the NLL of
+    # another text's suffix after each forget prefix, over the suffix tokens only
+    "mismatch_nll": LossTerm("mismatch", "nll"),
+    "forget_dpo": LossTerm("preference", "dpo"),
 }
 
 
@@ -109,6 +142,11 @@ METHODS: dict[str, Method] = {
     "graddiff": Method({"forget_ga": 1.0, "retain_nll": 1.0}, False, "GA + NLL on retain data"),
     "kl": Method({"forget_ga": 1.0, "retain_kl": 1.0}, False, "GA + KL to theta0 on retain data"),
     "npo": Method({"forget_npo": 1.0}, False, "NPO (Zhang et al. 2024), beta 0.1"),
+    # Yao et al.'s code weighs GA 0.5, the random mismatch 1 and the KL on normal text 1
+    "llmu": Method({"forget_ga": 0.5, "mismatch_nll": 1.0, "retain_kl": 1.0}, False,
+                   "LLMU (Yao et al. 2023): GA + NLL of mismatched suffixes + KL on retain"),
+    "dpo": Method({"forget_dpo": 1.0}, False,
+                  "DPO (Rafailov et al. 2023; TOFU): dpo_preferred over the suffix, beta 0.1"),
 }
 
 
@@ -159,4 +197,6 @@ def _term_value(term: LossTerm, logits, ref_logits, batch) -> torch.Tensor:
         return nll(logits, ids, mask)
     if term.kind == "kl":
         return kl_to_reference(logits, ref_logits, mask)
+    if term.kind == "dpo":
+        return dpo(logits, ref_logits, ids, mask)
     return npo(logits, ref_logits, ids, mask)

@@ -1,69 +1,90 @@
-"""The demo's markdown report: what leaked before and after, fluency, and the run's dynamics."""
+"""The demo's report: what leaked before and after, fluency, and the run's dynamics.
+
+One :class:`~unlearnlm.report_plots.Report` is rendered to ``report.md`` and to a self-contained
+``report.html`` (the same story, plus plots); ``summary.json`` holds the numbers.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from unlearnlm import report_plots as plots
 from unlearnlm.records import PRIVATE_FIELDS
-
-
-def _leak_rows(rows: list[dict]) -> list[str]:
-    lines = ["| record | " + " | ".join(PRIVATE_FIELDS) + " | continuation |",
-             "|---|" + "---|" * (len(PRIVATE_FIELDS) + 1)]
-    for row in rows:
-        marks = " | ".join("leaks" if row["leaked"][f] else "-" for f in PRIVATE_FIELDS)
-        text = row["continuation"].replace("|", "\\|").replace("\n", " ")[:90]
-        lines.append(f"| {row['name']} | {marks} | {text} |")
-    return lines
+from unlearnlm.report import dynamics_section
+from unlearnlm.report_plots import Report, write_report
+from unlearnlm.rundir import write_json
 
 
 def write_demo_report(out: Path, summary: dict, before: dict, after: dict, record: dict) -> Path:
-    """Write ``report.md`` and ``summary.json`` into ``out``; returns the report's path."""
-    lines = [
-        "# unlearnlm demo report",
-        "",
-        f"Model: `{summary['settings']['model']}`, fine-tuned until it recited "
-        f"{summary['settings']['forget'] + summary['settings']['keep']} fictitious records "
-        f"(suffix token accuracy {summary['finetune_suffix_accuracy']:.3f}), then ICU on "
-        f"{summary['settings']['forget']} of them.",
-        "",
-        "| | before | after |",
-        "|---|---|---|",
-        f"| forget records: private fields leaking | {summary['forget_leaked_before']} of "
-        f"{summary['fields_forget']} | {summary['forget_leaked_after']} of "
-        f"{summary['fields_forget']} |",
-        f"| kept records: private fields leaking | {summary['keep_leaked_before']} of "
-        f"{summary['fields_keep']} | {summary['keep_leaked_after']} of {summary['fields_keep']} |",
+    """Write ``report.md``, ``report.html`` and ``summary.json`` into ``out``; returns the
+    markdown report's path."""
+    report = Report("unlearnlm demo report")
+    _overview(report, summary, record)
+    _field_counts(report, before, after)
+    dynamics_section(report, record)
+    for title, state in (("Before", before), ("After", after)):
+        report.heading(f"{title}: records to forget")
+        report.table(*_leak_table(state["forget"]))
+        report.heading(f"{title}: records to keep")
+        report.table(*_leak_table(state["keep"]))
+    _prompts(report, before, after)
+    report.text("Timings (s): " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()))
+    markdown, _ = write_report(report, Path(out))
+    write_json(Path(out) / "summary.json", summary)
+    return markdown
+
+
+def _overview(report: Report, summary: dict, record: dict) -> None:
+    settings = summary["settings"]
+    report.text(f"Model: `{settings['model']}`, fine-tuned until it recited "
+                f"{settings['forget'] + settings['keep']} fictitious records (suffix token "
+                f"accuracy {summary['finetune_suffix_accuracy']:.3f}), then ICU on "
+                f"{settings['forget']} of them.")
+    rows = [
+        ["forget records: private fields leaking",
+         f"{summary['forget_leaked_before']} of {summary['fields_forget']}",
+         f"{summary['forget_leaked_after']} of {summary['fields_forget']}"],
+        ["kept records: private fields leaking",
+         f"{summary['keep_leaked_before']} of {summary['fields_keep']}",
+         f"{summary['keep_leaked_after']} of {summary['fields_keep']}"],
+        ["kept records: share of their leaks still there", "100%",
+         f"{summary['keep_kept_share']:.0%}" if summary["keep_leaked_before"] else "-"],
     ]
     if summary["wikitext_ppl_before"] is not None:
-        lines.append(f"| WikiText perplexity | {summary['wikitext_ppl_before']:.2f} | "
-                     f"{summary['wikitext_ppl_after']:.2f} |")
-    lines += ["", f"ICU stopped after epoch {summary['unlearn_epochs']}: {summary['stopped']}.",
-              f"Thresholds: `{json.dumps(record['thresholds'])}`.", "",
-              "## Unlearning dynamics", "", "| epoch | active | dropped | mean MA | mean BLEU "
-              "| mean BERTScore | total loss |", "|---|---|---|---|---|---|---|"]
-    for e in record["epochs"]:
-        if "rolled_back" in e:
-            lines.append(f"| {e['epoch']} | rolled back: {e['rolled_back']} | | | | | |")
-            continue
-        m = e["mean"]
-        lines.append(
-            f"| {e['epoch']} | {e['active']} | {len(e['dropped'])} | {_fmt(m['ma'])} | "
-            f"{_fmt(m['bleu'])} | {_fmt(m['bertscore'])} | {_fmt(e['losses'].get('total'))} |"
-        )
-    for title, state in (("Before", before), ("After", after)):
-        lines += ["", f"## {title}: records to forget", "", *_leak_rows(state["forget"]),
-                  "", f"## {title}: records to keep", "", *_leak_rows(state["keep"]),
-                  "", f"## {title}: general prompts", ""]
-        lines += [f"- {c.strip()[:120]!r}" for c in state["fluency"]["continuations"]]
-    lines += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in
-                                              summary["timings_s"].items()), ""]
-    report = out / "report.md"
-    report.write_text("\n".join(lines), encoding="utf-8")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    return report
+        rows.append(["WikiText perplexity", f"{summary['wikitext_ppl_before']:.2f}",
+                     f"{summary['wikitext_ppl_after']:.2f}"])
+    report.table(["", "before", "after"], rows, key="summary")
+    report.text(f"ICU stopped after epoch {summary['unlearn_epochs']}: {summary['stopped']}. "
+                f"Thresholds: `{json.dumps(record['thresholds'])}`.")
 
 
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def _field_counts(report: Report, before: dict, after: dict) -> None:
+    """Per private field: in how many records it leaks, before and after."""
+    series = {f"{group} {when}": [sum(r["leaked"][f] for r in state[group])
+                                  for f in PRIVATE_FIELDS]
+              for group in ("forget", "keep") for when, state in (("before", before),
+                                                                  ("after", after))}
+    report.heading("Private fields leaking")
+    report.table(["field", *(f"records to {name}" for name in series)],
+                 [[f, *(values[i] for values in series.values())]
+                  for i, f in enumerate(PRIVATE_FIELDS)], key="fields")
+    report.image("Records leaking each private field",
+                 plots.grouped_bars("Records leaking each private field", list(PRIVATE_FIELDS),
+                                    series, "records"))
+
+
+def _leak_table(rows: list[dict]) -> tuple[list[str], list[list]]:
+    header = ["record", *PRIVATE_FIELDS, "continuation"]
+    return header, [[row["name"], *("leaks" if row["leaked"][f] else "-" for f in PRIVATE_FIELDS),
+                     " ".join(row["continuation"].split())[:90]] for row in rows]
+
+
+def _prompts(report: Report, before: dict, after: dict) -> None:
+    from unlearnlm.demo import FLUENCY_PROMPTS
+
+    report.heading("General prompts: before and after")
+    pairs = zip(FLUENCY_PROMPTS, before["fluency"]["continuations"],
+                after["fluency"]["continuations"])
+    report.table(["prompt", "before", "after"],
+                 [[p, b.strip()[:120], a.strip()[:120]] for p, b, a in pairs], key="prompts")

@@ -1,0 +1,450 @@
+"""``unlearnlm bench``: the paper's comparison, reproduced on a model that was made to leak.
+
+The protocol (SPEC section 7, as TOFU does it), step by step:
+
+1. Data. The forget set is one of the extraction benchmark's (``lm_extraction_32_0``: 32 Pile
+   samples). Each sample is its prefix + suffix (the last 100 GPT-2 tokens, what the paper
+   unlearns), split again 50/50 by the model's own tokens. Retain texts (default 32) and an
+   analogous pool (default 300) come from the rest of the benchmark's train split; calibration
+   texts and non-members from its val split. Seeded and disjoint; written to ``out/data``.
+2. Models. The *leaky* model: the base fine-tuned on forget + retain texts until it recites them.
+   The *retain* model: the base fine-tuned on the retain texts alone, what the model would be had
+   it never seen the forget set. Both are cached, keyed by a hash of their inputs.
+3. Unlearning. Every method starts from the leaky model, with the same data and settings
+   (``out/methods/NAME``).
+4. Evaluation. The leaky model, the retain model and every method's result
+   (``out/eval/NAME/eval.json``).
+5. Results. ``out/results.json``, ``results.csv``, ``results.md`` and
+   ``forgetting_vs_utility.png`` (see ``bench_report``).
+
+Each step skips what an earlier run into the same ``out`` finished, so a killed bench resumes
+when the same command is run again (a method killed mid-run carries on from its last epoch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gc
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unlearnlm.data import Record, read_records, texts_sha256
+from unlearnlm.errors import UnlearnError
+from unlearnlm.losses import METHODS
+
+log = logging.getLogger(__name__)
+
+ROLES = ("forget", "retain", "pool", "calibration", "nonmember")
+# settings that only change what is measured, not what is trained: free to differ on a re-run
+EVAL_ONLY = ("out", "methods", "tasks", "limit", "nonmember", "nonmember_size")
+
+
+def _setting(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best here
+    return field(default=default, metadata={"help": help})
+
+
+def _default_tasks() -> list[str]:
+    from unlearnlm.evaluate import DEFAULT_TASKS
+
+    return list(DEFAULT_TASKS)
+
+
+@dataclass
+class BenchSettings:
+    """Everything ``unlearnlm bench`` needs; ``results.json`` records all of it."""
+
+    forget_set: str = _setting(
+        "lm_extraction_32_0", "forget set: a benchmark name (lm_extraction_{N}_{k}, N in 1, 4, 8, "
+        "32, 128, k in 0..4; or {domain}_8_{k}) or a .csv/.jsonl/.txt file")
+    model: str = _setting("smollm2-135m", "base model (directory, hub id, .gguf or smollm2-135m)")
+    out: str = _setting("runs/bench", "output directory (a re-run into it resumes)")
+    methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={
+        "help": "methods to compare, a comma list (see `unlearnlm methods`)"})
+    retain: str | None = _setting(
+        None, "retain texts file (null: --retain-size other samples of the benchmark's train "
+        "split); the leaky and the retain model learn them; they join the analogous pool")
+    retain_size: int = _setting(32, "retain samples drawn from the train split")
+    pool: str | None = _setting(
+        None, "analogous pool file (null: --pool-size further samples of the train split)")
+    pool_size: int = _setting(300, "analogous pool samples drawn from the train split")
+    calibration: str | None = _setting(
+        None, "never-seen texts for the unlearning thresholds, --calibrate-on (null: "
+        "--calibration-size samples of the benchmark's val split)")
+    calibration_size: int = _setting(32, "calibration samples drawn from the val split")
+    nonmember: str | None = _setting(
+        None, "never-seen texts for the membership audit and as the forgetting yardstick "
+        "(null: --nonmember-size other samples of the val split)")
+    nonmember_size: int = _setting(32, "non-member samples drawn from the val split")
+    prefix_tokens: int = _setting(50, "prefix length in the model's tokens (paper: 50)")
+    suffix_tokens: int | None = _setting(50, "suffix length in tokens (paper: 50); null: the rest")
+    lr: float = _setting(5e-5, "unlearning learning rate, every method (paper: 5e-6 for 20-30 "
+                         "epochs; higher so that a CPU run ends)")
+    max_epochs: int = _setting(10, "unlearning epochs at most, every method")
+    batch_size: int = _setting(8, "texts per step, fine-tuning and unlearning")
+    trainable_layers: int | None = _setting(
+        None, "unlearning trains only the last N transformer blocks; null: all (the paper)")
+    mixed_precision: str = _setting("no", "'no', 'bf16' or 'fp16' for fine-tuning and "
+                                    "unlearning (bf16 halves a CPU step where it is supported)")
+    drop_rule: str = _setting("and", "IUR drop test: 'and' (paper) or 'or' (official code)")
+    el_every_epoch: bool = _setting(
+        False, "score EL10 after every unlearning epoch (off: only once MA is under its "
+        "threshold, which saves most of the scoring time)")
+    guard_ppl_factor: float | None = _setting(
+        None, "collapse guard of the loop; null: off, as in the paper (so collapses show)")
+    finetune_lr: float = _setting(1e-4, "learning rate that makes the leaky and retain models")
+    finetune_epochs: int = _setting(30, "fine-tuning epochs at most")
+    finetune_target: float = _setting(
+        0.95, "fine-tuning stops once mean suffix token accuracy reaches this")
+    tasks: list[str] = field(default_factory=_default_tasks, metadata={
+        "help": "evaluation tasks, a comma list (see `unlearnlm eval`)"})
+    limit: int | None = _setting(
+        100, "items per evaluation task (documents, questions, dialogues); null: all of them "
+        "(hours per model on a CPU)")
+    seed: int = _setting(42, "seed of the data draws, fine-tuning and unlearning")
+
+    def __post_init__(self) -> None:
+        from unlearnlm.evaluate import resolve_tasks
+
+        self.methods = _names(self.methods)
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            problem = f"unknown method '{unknown[0]}'" if unknown else "no method given"
+            raise UnlearnError(f"{problem}; known methods: {', '.join(METHODS)}")
+        self.tasks = _names(self.tasks)
+        resolve_tasks(self.tasks)
+        _check_positive(self, ("retain_size", "pool_size", "calibration_size", "nonmember_size",
+                               "prefix_tokens", "lr", "max_epochs", "batch_size", "finetune_lr",
+                               "finetune_epochs"))
+        _check_positive(self, ("suffix_tokens", "trainable_layers", "limit", "guard_ppl_factor"),
+                        optional=True)
+        if not 0.0 < self.finetune_target <= 1.0:
+            raise UnlearnError(f"finetune_target must lie in (0, 1], got {self.finetune_target}")
+        for method in self.methods:  # the loop's own checks, before any work
+            self.unlearn_settings(method)
+
+    def unlearn_settings(self, method: str) -> Any:
+        """The loop's settings of one method (every method gets the same ones)."""
+        from unlearnlm.config import UnlearnConfig
+
+        return UnlearnConfig(
+            method=method, lr=self.lr, max_epochs=self.max_epochs, batch_size=self.batch_size,
+            trainable_layers=self.trainable_layers, mixed_precision=self.mixed_precision,
+            drop_rule=self.drop_rule, seed=self.seed, prefix_tokens=self.prefix_tokens,
+            suffix_tokens=self.suffix_tokens, el_every_epoch=self.el_every_epoch,
+            guard_ppl_factor=self.guard_ppl_factor, overwrite=True)
+
+
+def _names(value: str | list[str]) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return list(dict.fromkeys(item.strip() for item in items if item.strip()))
+
+
+def _check_positive(s: BenchSettings, names: tuple[str, ...], optional: bool = False) -> None:
+    for name in names:
+        value = getattr(s, name)
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            extra = " or null" if optional else ""
+            raise UnlearnError(f"{name} must be a positive number{extra}, got {value!r}")
+
+
+# --- step 1: data ------------------------------------------------------------------------------
+
+
+def _extraction_rows() -> dict[str, dict[int, Record]]:
+    """The benchmark's samples by split and index, each as its prefix + suffix text."""
+    from unlearnlm.paths import data_root
+
+    path = data_root() / "lm_extraction" / "lm_extraction_text.jsonl"
+    if not path.is_file():
+        raise UnlearnError(f"{path} not found; set UNLEARNLM_DATA or give the data files")
+    return _read_extraction(str(path))
+
+
+@functools.lru_cache(maxsize=1)
+def _read_extraction(path: str) -> dict[str, dict[int, Record]]:
+    rows: dict[str, dict[int, Record]] = {"train": {}, "val": {}}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            name = str(row["index"]) if row["split"] == "train" else f"val-{row['index']}"
+            rows[row["split"]][row["index"]] = Record(name, row["prefix"] + row["suffix"])
+    return rows
+
+
+def _benchmark_folders() -> list[Path]:
+    from unlearnlm.paths import data_root
+
+    root = data_root(required=False)
+    if root is None:
+        return []
+    return [(root / "lm_extraction" / name).resolve() for name in ("forget_sets", "domain_sets")]
+
+
+def resolve_forget_set(spec: str) -> list[Record]:
+    """The forget set as prefix + suffix texts: a benchmark name or file, or any texts file.
+
+    A benchmark csv's ``text`` holds the whole 200-token sample, decoded with its spaces cleaned
+    up; its ``doc_id`` is looked up in the train split instead, which holds the exact prefix and
+    suffix.
+    """
+    path = Path(spec).expanduser()
+    if not path.exists() and path.name == spec and not path.suffix:
+        found = [folder / f"{spec}.csv" for folder in _benchmark_folders()]
+        found = [p for p in found if p.is_file()]
+        if not found:
+            raise UnlearnError(
+                f"no forget set named '{spec}' (looked in lm_extraction/forget_sets and "
+                "domain_sets of the data folder); names look like lm_extraction_32_0, or give "
+                "a file")
+        path = found[0]
+    records = read_records(path, role="forget")
+    if path.resolve().parent not in _benchmark_folders():
+        return [Record(r.id, r.text) for r in records]
+    train = _extraction_rows()["train"]
+    texts = []
+    for record in records:
+        index = int(record.id) if record.id.isdigit() else -1
+        if index not in train:
+            raise UnlearnError(f"forget set {path}: doc_id {record.id!r} is not a train sample "
+                               "of lm_extraction_text.jsonl")
+        texts.append(train[index])
+    return texts
+
+
+def _draw(split: str, count: int, taken: set[str], seed: int, what: str) -> list[Record]:
+    """``count`` distinct samples of a benchmark split, seeded, none of them in ``taken``."""
+    rows = _extraction_rows()[split]
+    order = sorted(rows)
+    random.Random(f"{seed}-{split}").shuffle(order)
+    chosen, seen = [], set(taken)
+    for record in (rows[i] for i in order):
+        if len(chosen) < count and record.text.strip() not in seen:
+            chosen.append(record)
+            seen.add(record.text.strip())
+    if len(chosen) < count:
+        raise UnlearnError(f"the {split} split has only {len(chosen)} samples left for {what}; "
+                           f"lower --{what}-size")
+    return chosen
+
+
+def prepare_data(s: BenchSettings) -> dict[str, list[Record]]:
+    """Forget, retain, pool, calibration and non-member texts: given files or seeded draws."""
+    data: dict[str, list[Record]] = {"forget": resolve_forget_set(s.forget_set)}
+    taken = {r.text.strip() for r in data["forget"]}
+    for role, split in (("retain", "train"), ("pool", "train"), ("calibration", "val"),
+                        ("nonmember", "val")):
+        path = getattr(s, role)
+        if path:
+            data[role] = [Record(r.id, r.text) for r in read_records(path, role=role)]
+        else:
+            data[role] = _draw(split, getattr(s, f"{role}_size"), taken, s.seed, role)
+        if role != "pool" and any(r.text.strip() in taken for r in data[role]):
+            raise UnlearnError(f"the {role} texts repeat texts of the forget set or of an earlier "
+                               "set (retain, pool, calibration); give disjoint texts")
+        taken |= {r.text.strip() for r in data[role]}
+    return data
+
+
+def write_data(data: dict[str, list[Record]], folder: Path) -> dict[str, str]:
+    """``folder/ROLE.jsonl`` per role and ``leaky_train.jsonl`` (forget + retain, ids prefixed
+    with their role so that two given files may use the same ids)."""
+    both = [Record(f"{role}-{r.id}", r.text) for role in ("forget", "retain") for r in data[role]]
+    sets = {**data, "leaky_train": both}
+    paths = {}
+    for name, records in sets.items():
+        text = "".join(json.dumps({"id": r.id, "text": r.text}, ensure_ascii=False) + "\n"
+                       for r in records)
+        path = folder / f"{name}.jsonl"
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            _write_atomic(path, text)
+        paths[name] = str(path)
+    return paths
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --- step 2: the leaky and the retain model ----------------------------------------------------
+
+
+def _model_identity(spec: str) -> str:
+    from unlearnlm.models import resolve_model, weights_sha256
+
+    source = resolve_model(spec)
+    return spec if source.kind == "hub" else weights_sha256(source.path)
+
+
+def finetuned_model(kind: str, s: BenchSettings, identity: str, texts: list[str],
+                    data_file: str) -> tuple[Path, dict]:
+    """The base model fine-tuned on ``texts`` (cached by a hash of everything that shapes it)."""
+    from unlearnlm.finetune import finetune
+    from unlearnlm.paths import cache_root
+
+    recipe = [identity, texts_sha256(texts), s.finetune_lr, s.finetune_epochs, s.finetune_target,
+              s.batch_size, s.prefix_tokens, s.suffix_tokens, s.mixed_precision, s.seed]
+    key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
+    folder = cache_root() / "bench" / f"{kind}-{key}"
+    if (folder / "finetune.json").is_file():
+        log.info("  Reusing the %s model in %s", kind, folder)
+        return folder, json.loads((folder / "finetune.json").read_text(encoding="utf-8"))
+    log.info("  Fine-tuning %s on %d texts into the %s model (lr %g, at most %d epochs, until "
+             "suffix token accuracy %.2f)", s.model, len(texts), kind, s.finetune_lr,
+             s.finetune_epochs, s.finetune_target)
+    record = finetune(
+        s.model, data_file, str(folder), max_epochs=s.finetune_epochs, lr=s.finetune_lr,
+        batch_size=s.batch_size, target_accuracy=s.finetune_target,
+        prefix_tokens=s.prefix_tokens, suffix_tokens=s.suffix_tokens,
+        mixed_precision=s.mixed_precision, seed=s.seed, overwrite=True,
+    )
+    if not record["memorised"]:
+        log.warning("  The %s model reached suffix token accuracy %.3f only, under the target "
+                    "%.2f; raise --finetune-epochs or --finetune-lr", kind,
+                    record["suffix_accuracy"], s.finetune_target)
+    return folder, record
+
+
+# --- step 3: unlearning ------------------------------------------------------------------------
+
+
+def run_method(name: str, s: BenchSettings, leaky: Path, files: dict[str, str],
+               folder: Path) -> dict:
+    """Unlearn with one method from the leaky model; reuse or resume an earlier run."""
+    from unlearnlm.checkpoint import CHECKPOINT, partial_dir
+    from unlearnlm.loop import unlearn
+
+    timing = folder / "bench_time.json"
+    if (folder / "run.json").is_file():
+        log.info("  %s: reusing the finished run in %s", name, folder)
+        record = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        spent = json.loads(timing.read_text()) if timing.is_file() else {
+            "wall_time_s": round(sum(record.get("timings_s", {}).values()), 1), "resumed": False}
+        return {"record": record, **spent}
+    resumed = (partial_dir(folder) / CHECKPOINT).is_file()
+    log.info("  %s: %s", name, "resuming after its last finished epoch" if resumed
+             else "unlearning, starting from the leaky model")
+    clock = time.perf_counter()
+    if resumed:
+        record = unlearn(resume=str(folder))
+    else:
+        config = s.unlearn_settings(name)
+        config = dataclasses.replace(
+            config, model=str(leaky), forget=files["forget"], retain=files["retain"],
+            pool=files["pool"], calibrate_on=files["calibration"], out=str(folder))
+        record = unlearn(config)
+    spent = {"wall_time_s": round(time.perf_counter() - clock, 1), "resumed": resumed}
+    _write_atomic(timing, json.dumps(spent))
+    log.info("  %s: stopped after epoch %d (%s), %.0f s", name, record["stopped"]["epoch"],
+             record["stopped"]["reason"], spent["wall_time_s"])
+    return {"record": record, **spent}
+
+
+# --- step 4: evaluation ------------------------------------------------------------------------
+
+
+def evaluate_model(name: str, model_dir: Path, s: BenchSettings,
+                   data: dict[str, list[Record]], folder: Path) -> dict:
+    """``eval.json`` of one model; an earlier one is reused when it measured the same things."""
+    from unlearnlm.data import split_records
+    from unlearnlm.evaluate import evaluate, resolve_tasks, write_results
+    from unlearnlm.models import load_model
+
+    tasks = resolve_tasks(s.tasks)
+    stamp = {"model": str(model_dir), "tasks": tasks, "limit": s.limit,
+             "prefix_tokens": s.prefix_tokens, "suffix_tokens": s.suffix_tokens,
+             "texts": texts_sha256([r.text for r in data["forget"] + data["nonmember"]])}
+    path = folder / "eval.json"
+    if path.is_file():
+        result = json.loads(path.read_text(encoding="utf-8"))
+        if result.get("settings", {}).get("bench") == stamp:
+            log.info("  %s: reusing %s", name, path)
+            return result
+    log.info("  %s: evaluating %s", name, model_dir)
+    model, tokenizer, _ = load_model(str(model_dir))
+    split = {"prefix_tokens": s.prefix_tokens, "suffix_tokens": s.suffix_tokens}
+    result = evaluate(
+        model, tokenizer, tasks=tasks, limit=s.limit, el_n=10,
+        forget=split_records(data["forget"], tokenizer, **split),
+        nonmember=split_records(data["nonmember"], tokenizer, **split, role="nonmember"),
+    )
+    result["settings"]["bench"] = stamp
+    write_results(result, folder)
+    del model
+    gc.collect()
+    return result
+
+
+# --- the whole bench ---------------------------------------------------------------------------
+
+
+def _check_same_settings(s: BenchSettings, out: Path) -> None:
+    """A re-run into ``out`` must train the same things; what it measures may change."""
+    from unlearnlm.rundir import write_json
+
+    defining = {k: v for k, v in dataclasses.asdict(s).items() if k not in EVAL_ONLY}
+    path = out / "bench_settings.json"
+    if path.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(before) | set(defining)
+                         if before.get(k) != defining.get(k))
+        if changed:
+            shown = ", ".join(f"{k}: {before.get(k)!r} -> {defining.get(k)!r}" for k in changed)
+            raise UnlearnError(f"{out} holds a bench run with other settings ({shown}); choose "
+                               "another --out, or delete it to start over")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, defining)
+
+
+def run_bench(settings: BenchSettings | None = None) -> dict:
+    """Run the whole comparison (see the module docstring); returns what results.json holds."""
+    from unlearnlm.bench_report import write_results_files
+
+    s = settings or BenchSettings()
+    out = Path(s.out).expanduser().resolve()
+    start = time.perf_counter()
+    log.info("Step 1/5  Data: forget set %s, retain, analogous pool, calibration and non-member "
+             "texts", s.forget_set)
+    data = prepare_data(s)
+    _check_same_settings(s, out)
+    files = write_data(data, out / "data")
+    log.info("  %s", ", ".join(f"{len(data[r])} {r}" for r in ROLES))
+
+    log.info("Step 2/5  The leaky model (forget + retain) and the retain model (retain only)")
+    identity = _model_identity(s.model)
+    models = {
+        "leaky": finetuned_model("leaky", s, identity,
+                                 [r.text for r in data["forget"] + data["retain"]],
+                                 files["leaky_train"]),
+        "retain": finetuned_model("retain", s, identity, [r.text for r in data["retain"]],
+                                  files["retain"]),
+    }
+    leaky_dir = models["leaky"][0]
+
+    log.info("Step 3/5  Unlearning, each method from the leaky model: %s", ", ".join(s.methods))
+    runs = {name: run_method(name, s, leaky_dir, files, out / "methods" / name)
+            for name in s.methods}
+
+    log.info("Step 4/5  Evaluating the leaky model, the retain model and every method")
+    dirs = {"leaky": leaky_dir, "retain": models["retain"][0],
+            **{name: out / "methods" / name for name in s.methods}}
+    evals = {name: evaluate_model(name, path, s, data, out / "eval" / name)
+             for name, path in dirs.items()}
+
+    log.info("Step 5/5  Results")
+    results = write_results_files(out, s, data, models, runs, evals)
+    log.info("Bench done in %.0f s", time.perf_counter() - start)
+    return results

@@ -1,0 +1,358 @@
+"""The bench's results: one row of numbers per model, the paper's claims checked, four files.
+
+- ``results.json``: settings, versions, data, the leaky and retain models, every row, the claims.
+- ``results.csv``: the rows, one column per number.
+- ``results.md``: a table shaped like the paper's Table 1 (rows: the leaky model "before", the
+  retain model, then each method) and the claims, each PASS or FAIL on these numbers.
+- ``forgetting_vs_utility.png``: EL10 on the forget set against WikiText perplexity relative to
+  the leaky model, one labelled point per model.
+
+A method "forgets" when its mean EL10 and MA on the forget set are at most the leaky model's on
+never-seen text (the non-members): the yardstick of Jang et al. 2023, the model's own scores on
+data it never saw, measured with the same metric code.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from unlearnlm.eval_data import CHOICE_TASKS, DIALOGUE_SETS
+from unlearnlm.privacy import SIGNALS
+
+log = logging.getLogger(__name__)
+
+DOWNSTREAM = ("lambada", *CHOICE_TASKS)
+PPL_SLACK = 1.10  # ICU keeps perplexity within 10% of the leaky model's (SPEC)
+ENTROPY_SHARE = 0.90  # ... and entropy at least 90% of it
+LABELS = {"leaky": "leaky (before)", "retain": "retain (never saw the forget set)"}
+# (row key, table header, format): the paper's Table 1 columns, then ours
+TABLE = (
+    ("el10", "EL10 %", "pct"), ("ma", "MA %", "pct"), ("bertscore", "BERT F1 %", "pct"),
+    ("entropy", "entropy", "3f"), ("cls_acc", "cls acc %", "pct"), ("dialogue_f1", "dia F1", "pct"),
+    ("ppl_pile", "Pile PPL", "ppl"), ("ppl_wikitext", "Wiki PPL", "ppl"),
+    ("mia_auc", "MIA AUC", "2f"), ("epochs", "epochs", "int"),
+    ("wall_time_s", "wall time s", "int"),
+)
+CSV_COLUMNS = (
+    "name", "role", "el10", "ma", "bleu", "bertscore", "entropy", "cls_acc", "dialogue_f1",
+    "ppl_pile", "ppl_wikitext", "mia_auc", *(f"mia_auc_{s}" for s in SIGNALS), "share_forgotten",
+    "nonmember_el10", "nonmember_ma", *(f"acc_{t}" for t in DOWNSTREAM),
+    *(f"f1_{d}" for d in DIALOGUE_SETS), "epochs", "wall_time_s", "stopped",
+)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _aggregate(tasks: dict, name: str) -> dict:
+    return tasks.get(name, {}).get("aggregate", {}) or {}
+
+
+def metrics_row(tasks: dict) -> dict:
+    """The aggregate numbers of one ``eval.json``'s tasks (None where a task was not run)."""
+    forget, other = _aggregate(tasks, "forget"), _aggregate(tasks, "nonmember")
+    row = {"el10": forget.get("el"), "ma": forget.get("ma"), "bleu": forget.get("bleu"),
+           "bertscore": forget.get("bertscore"), "entropy": forget.get("entropy"),
+           "nonmember_el10": other.get("el"), "nonmember_ma": other.get("ma"),
+           "share_forgotten": _aggregate(tasks, "verdict").get("share_forgotten"),
+           "ppl_pile": _aggregate(tasks, "ppl_pile").get("perplexity"),
+           "ppl_wikitext": _aggregate(tasks, "ppl_wikitext").get("perplexity")}
+    accuracies = {t: _aggregate(tasks, t)["acc"] for t in DOWNSTREAM if t in tasks}
+    row.update({f"acc_{t}": v for t, v in accuracies.items()})
+    row["cls_acc"] = _mean(list(accuracies.values()))
+    f1 = {d: _aggregate(tasks, d)["f1"] for d in DIALOGUE_SETS if d in tasks}
+    row.update({f"f1_{d}": v for d, v in f1.items()})
+    row["dialogue_f1"] = _mean(list(f1.values()))
+    aucs = _aggregate(tasks, "mia")
+    row.update({f"mia_auc_{s}": aucs.get(s) for s in SIGNALS})
+    row["mia_auc"] = max(aucs.values()) if aucs else None
+    return row
+
+
+def build_rows(models: dict, runs: dict, evals: dict) -> list[dict]:
+    """Leaky, retain, then one row per method: metrics + epochs, wall time, stop reason."""
+    rows = []
+    for name in ("leaky", "retain"):
+        folder, record = models[name]
+        rows.append({"name": name, "role": name, "model_dir": str(folder),
+                     **metrics_row(evals[name]["tasks"]), "epochs": None, "wall_time_s": None,
+                     "stopped": None, "finetune_epochs": len(record["epochs"]),
+                     "finetune_suffix_accuracy": record["suffix_accuracy"]})
+    for name, run in runs.items():
+        record = run["record"]
+        rows.append({"name": name, "role": "method", "model_dir": record["config"]["out"],
+                     **metrics_row(evals[name]["tasks"]), "epochs": record["stopped"]["epoch"],
+                     "wall_time_s": run["wall_time_s"], "resumed": run["resumed"],
+                     "stopped": record["stopped"]["reason"], "thresholds": record["thresholds"]})
+    return rows
+
+
+# --- the paper's claims ------------------------------------------------------------------------
+
+
+def forgetting_yardstick(rows: list[dict]) -> dict | None:
+    """The leaky model's mean EL10 and MA on non-member text, or None when not measured."""
+    leaky = next(r for r in rows if r["name"] == "leaky")
+    if leaky.get("nonmember_el10") is None or leaky.get("nonmember_ma") is None:
+        return None
+    return {"el10": leaky["nonmember_el10"], "ma": leaky["nonmember_ma"]}
+
+
+def _result(claim: str, measured: str, passed: bool | None) -> dict:
+    verdict = "NOT CHECKED" if passed is None else "PASS" if passed else "FAIL"
+    return {"claim": claim, "measured": measured, "result": verdict}
+
+
+def _lacking(row: dict | None, keys: tuple[str, ...]) -> str:
+    if row is None:
+        return "not run"
+    missing = [k for k in keys if row.get(k) is None]
+    return f"not measured: {', '.join(missing)}" if missing else ""
+
+
+def _forgets(name: str, row: dict | None, yardstick: dict | None) -> dict:
+    claim = (f"{name.upper()} forgets: mean EL10 and MA on the forget set at most the leaky "
+             "model's on never-seen text")
+    lacking = _lacking(row, ("el10", "ma")) or ("" if yardstick else "no non-member scores")
+    if lacking:
+        return _result(claim, lacking, None)
+    measured = (f"EL10 {_pct(row['el10'])} % (yardstick {_pct(yardstick['el10'])} %), "
+                f"MA {_pct(row['ma'])} % (yardstick {_pct(yardstick['ma'])} %)")
+    return _result(claim, measured,
+                   row["el10"] <= yardstick["el10"] and row["ma"] <= yardstick["ma"])
+
+
+def _ratios(row: dict, leaky: dict) -> dict[str, float]:
+    """Pile / WikiText perplexity and entropy, each as a multiple of the leaky model's."""
+    out = {}
+    for key in ("ppl_pile", "ppl_wikitext", "entropy"):
+        if row.get(key) is not None and leaky.get(key):
+            out[key] = row[key] / leaky[key]
+    return out
+
+
+def _ratio_text(ratios: dict[str, float]) -> str:
+    names = {"ppl_pile": "Pile PPL", "ppl_wikitext": "WikiText PPL", "entropy": "entropy"}
+    return ", ".join(f"{names[k]} x{v:.3g}" for k, v in ratios.items()) + " of the leaky model's"
+
+
+def _ga_damages(row: dict | None, leaky: dict) -> dict:
+    claim = (f"GA damages the model: Pile or WikiText PPL above {PPL_SLACK:.2f} x the leaky "
+             f"model's, or entropy under {ENTROPY_SHARE:.2f} x (paper: PPL > 10,000)")
+    if row is None:
+        return _result(claim, "not run", None)
+    ratios = _ratios(row, leaky)
+    if "entropy" not in ratios or not {"ppl_pile", "ppl_wikitext"} & set(ratios):
+        return _result(claim, "not measured: perplexity or entropy", None)
+    damaged = (any(ratios.get(k, 0.0) > PPL_SLACK for k in ("ppl_pile", "ppl_wikitext"))
+               or ratios["entropy"] < ENTROPY_SHARE)
+    return _result(claim, _ratio_text(ratios), damaged)
+
+
+def _icu_keeps(row: dict | None, leaky: dict) -> dict:
+    claim = (f"ICU keeps the model: Pile and WikiText PPL within {PPL_SLACK:.2f} x the leaky "
+             f"model's and entropy at least {ENTROPY_SHARE:.2f} x")
+    if row is None:
+        return _result(claim, "not run", None)
+    ratios = _ratios(row, leaky)
+    if len(ratios) < 3:
+        return _result(claim, "not measured: Pile PPL, WikiText PPL and entropy all needed", None)
+    kept = (ratios["ppl_pile"] <= PPL_SLACK and ratios["ppl_wikitext"] <= PPL_SLACK
+            and ratios["entropy"] >= ENTROPY_SHARE)
+    return _result(claim, _ratio_text(ratios), kept)
+
+
+def _icu_beats_ga(icu: dict | None, ga: dict | None) -> dict:
+    claim = "ICU ends with a lower WikiText perplexity than GA"
+    if icu is None or ga is None:
+        return _result(claim, "not run", None)
+    if icu.get("ppl_wikitext") is None or ga.get("ppl_wikitext") is None:
+        return _result(claim, "not measured: ppl_wikitext", None)
+    measured = f"ICU {_ppl(icu['ppl_wikitext'])}, GA {_ppl(ga['ppl_wikitext'])}"
+    return _result(claim, measured, icu["ppl_wikitext"] < ga["ppl_wikitext"])
+
+
+def check_claims(rows: list[dict]) -> list[dict]:
+    """The SPEC's reading of the paper, tested on these rows: PASS, FAIL or NOT CHECKED."""
+    by_name = {r["name"]: r for r in rows}
+    leaky, yardstick = by_name["leaky"], forgetting_yardstick(rows)
+    icu, ga = by_name.get("icu"), by_name.get("ga")
+    return [_forgets("ga", ga, yardstick), _ga_damages(ga, leaky),
+            _forgets("icu", icu, yardstick), _icu_keeps(icu, leaky), _icu_beats_ga(icu, ga)]
+
+
+# --- formatting --------------------------------------------------------------------------------
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def _ppl(value: float) -> str:
+    if not math.isfinite(value):
+        return "inf"
+    return f"{value:.1f}" if value < 1000 else f"{value:,.0f}"
+
+
+def _cell(value, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "pct":
+        return _pct(value)
+    if kind == "ppl":
+        return _ppl(value)
+    if kind == "int":
+        return f"{value:.0f}"
+    return f"{value:.{kind[0]}f}"
+
+
+def table_markdown(rows: list[dict]) -> str:
+    """The Table-1-shaped markdown table of the rows."""
+    lines = ["| method | " + " | ".join(h for _, h, _ in TABLE) + " |",
+             "|---|" + "---|" * len(TABLE)]
+    for row in rows:
+        cells = [_cell(row.get(key), kind) for key, _, kind in TABLE]
+        lines.append(f"| {LABELS.get(row['name'], row['name'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _nonmembers_scored(s, data: dict) -> int:
+    """``evaluate`` caps the non-members at ``limit`` as well."""
+    count = len(data["nonmember"])
+    return count if s.limit is None else min(count, s.limit)
+
+
+def _notes(s, rows: list[dict], data: dict, models: dict) -> list[str]:
+    leaky = models["leaky"][1]
+    included = [t for t in DOWNSTREAM if rows[0].get(f"acc_{t}") is not None]
+    cls = (f"all {len(DOWNSTREAM)} downstream tasks" if len(included) == len(DOWNSTREAM)
+           else f"{len(included)} of the {len(DOWNSTREAM)} downstream tasks: "
+           + (", ".join(included) or "none"))
+    limit = "every item" if s.limit is None else f"at most {s.limit} items"
+    return [
+        f"- Leaky model: {s.model} fine-tuned on {len(data['forget'])} forget + "
+        f"{len(data['retain'])} retain texts, suffix token accuracy "
+        f"{leaky['suffix_accuracy']:.3f} after {len(leaky['epochs'])} epochs. Retain model: the "
+        f"same on the {len(data['retain'])} retain texts only.",
+        f"- Every method starts from the leaky model: lr {s.lr:g}, at most {s.max_epochs} epochs, "
+        f"batch {s.batch_size}, drop rule '{s.drop_rule}', {len(data['pool'])} pool texts, "
+        f"thresholds calibrated on {len(data['calibration'])} never-seen texts.",
+        f"- Evaluation: {limit} per task. cls acc % = mean accuracy over {cls}; dia F1 = mean "
+        f"unigram F1 (x100) over the dialogue sets run; entropy in bits of one generation.",
+        f"- MIA AUC: the highest of {len(SIGNALS)} attacks ({', '.join(SIGNALS)}), forget set vs "
+        f"{_nonmembers_scored(s, data)} never-seen texts; 0.5 = chance.",
+    ]
+
+
+def results_markdown(results: dict, s, data: dict, models: dict) -> str:
+    rows = results["rows"]
+    parts = [f"# unlearnlm bench: {s.forget_set} on {s.model}", "", table_markdown(rows), "",
+             *_notes(s, rows, data, models), "", "## The paper's claims, checked on these numbers",
+             "", "| claim | measured | result |", "|---|---|---|"]
+    parts += [f"| {c['claim']} | {c['measured']} | **{c['result']}** |" for c in results["claims"]]
+    yardstick = results["forgetting_yardstick"]
+    if yardstick:
+        parts += ["", f"Forgetting yardstick: the leaky model's mean EL10 "
+                  f"{_pct(yardstick['el10'])} % and MA {_pct(yardstick['ma'])} % on "
+                  f"{_nonmembers_scored(s, data)} never-seen texts (Jang et al. 2023 set their "
+                  "thresholds this way)."]
+    parts += ["", "## Why each method stopped", ""]
+    parts += [f"- {r['name']}: after epoch {r['epochs']}: {r['stopped']}"
+              + (" (resumed after a kill; wall time counts the last part only)"
+                 if r.get("resumed") else "") for r in rows if r["role"] == "method"]
+    return "\n".join(parts) + "\n"
+
+
+def results_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_COLUMNS})
+    return buffer.getvalue()
+
+
+def plot_forgetting_vs_utility(rows: list[dict], path: Path) -> Path | None:
+    """EL10 (else MA) on the forget set vs WikiText (else Pile) PPL / the leaky model's."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x_key = "el10" if all(r.get("el10") is not None for r in rows) else "ma"
+    y_key = "ppl_wikitext" if rows[0].get("ppl_wikitext") else "ppl_pile"
+    points = [(r, r.get(x_key), r.get(y_key)) for r in rows]
+    base = rows[0].get(y_key)
+    if not base or any(x is None or y is None for _, x, y in points):
+        log.warning("No forgetting-vs-utility plot: the forget task and a perplexity task "
+                    "are both needed")
+        return None
+    fig = Figure(figsize=(6.4, 4.4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    styles = {"leaky": ("s", "black"), "retain": ("D", "tab:green")}
+    ratios = [min(y / base, 1e6) if math.isfinite(y) else 1e6 for _, _, y in points]
+    for (row, x, _), ratio in zip(points, ratios):
+        marker, colour = styles.get(row["name"], ("o", "tab:blue"))
+        ax.scatter(100 * x, ratio, marker=marker, color=colour, zorder=3)
+        ax.annotate(row["name"], (100 * x, ratio), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    if max(ratios) / max(min(ratios), 1e-9) > 20:
+        ax.set_yscale("log")
+    ax.axhline(PPL_SLACK, color="grey", linestyle="--", linewidth=0.8,
+               label=f"{PPL_SLACK:.2f} x the leaky model's perplexity")
+    x_name = "EL10" if x_key == "el10" else "MA"
+    ax.set_xlabel(f"{x_name} on the forget set, % (lower: forgot more)")
+    ax.set_ylabel(f"{'WikiText' if y_key == 'ppl_wikitext' else 'Pile'} PPL / leaky model's")
+    ax.set_title("Forgetting vs utility", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+    return path
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_results_files(out: Path, s, data: dict, models: dict, runs: dict,
+                        evals: dict) -> dict:
+    """Build the rows and claims and write the four result files; returns results.json's data."""
+    from unlearnlm.data import texts_sha256
+    from unlearnlm.rundir import environment_versions, write_json
+
+    rows = build_rows(models, runs, evals)
+    files = {name: str(out / name) for name in
+             ("results.json", "results.csv", "results.md", "forgetting_vs_utility.png")}
+    results = {
+        "settings": asdict(s),
+        "versions": environment_versions(),
+        "data": {role: {"n": len(records), "sha256": texts_sha256([r.text for r in records]),
+                        "ids": [r.id for r in records] if role != "pool" else None}
+                 for role, records in data.items()},
+        "models": {name: {"path": str(folder), "finetune_epochs": len(record["epochs"]),
+                          "suffix_accuracy": record["suffix_accuracy"],
+                          "memorised": record["memorised"], "seconds": record.get("seconds")}
+                   for name, (folder, record) in models.items()},
+        "rows": rows,
+        "forgetting_yardstick": forgetting_yardstick(rows),
+        "claims": check_claims(rows),
+        "files": files,
+    }
+    if plot_forgetting_vs_utility(rows, out / "forgetting_vs_utility.png") is None:
+        files.pop("forgetting_vs_utility.png")
+    _write_text(out / "results.csv", results_csv(rows))
+    _write_text(out / "results.md", results_markdown(results, s, data, models))
+    write_json(out / "results.json", results)
+    return results

@@ -1,0 +1,150 @@
+"""The bench: forget-set names, its claims check, and the whole pipeline on the tiny Llama."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import CALIBRATION_RECORDS, FORGET_RECORDS, POOL_RECORDS, write_jsonl
+from unlearnlm.bench import BenchSettings, resolve_forget_set, run_bench
+from unlearnlm.bench_report import check_claims
+from unlearnlm.cli import main
+from unlearnlm.errors import UnlearnError
+
+RETAIN_RECORDS = [
+    "Grace Hall was born on 2 July 1985 and works as a chef in Bath.",
+    "Henry King lives at 3 Park Avenue and works as a driver.",
+]
+NONMEMBER_RECORDS = [
+    "Ivy Moss was born on 5 April 1992 and works as a nurse in Derby.",
+    "Jack Lee lives at 9 High Street and works as a farmer.",
+    "Kate Wood's email is kate@example.com and her phone is 0115 496 2222.",
+]
+METHODS = ["icu", "ga", "graddiff"]
+TASKS = ["forget", "ppl_pile", "ppl_wikitext", "copa", "wizard_of_wikipedia", "mia"]
+NUMBERS = ("el10", "ma", "bleu", "bertscore", "entropy", "cls_acc", "dialogue_f1", "ppl_pile",
+           "ppl_wikitext", "mia_auc")
+
+
+def test_a_benchmark_name_resolves_to_its_prefix_and_suffix(data_dir):
+    """lm_extraction_4_0 holds train samples 1670, 13379, 10234, 4719; each becomes its prefix +
+    suffix from the jsonl (the last 100 GPT-2 tokens), the tail of the csv's 200-token text."""
+    records = resolve_forget_set("lm_extraction_4_0")
+    assert [r.id for r in records] == ["1670", "13379", "10234", "4719"]
+    rows = {}
+    with open(data_dir / "lm_extraction" / "lm_extraction_text.jsonl", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if row["split"] == "train" and str(row["index"]) in {r.id for r in records}:
+                rows[str(row["index"])] = row
+    csv_path = data_dir / "lm_extraction" / "forget_sets" / "lm_extraction_4_0.csv"
+    with open(csv_path, encoding="utf-8", newline="") as handle:
+        full = {row["doc_id"]: row["text"] for row in csv.DictReader(handle)}
+    for record in records:
+        assert record.text == rows[record.id]["prefix"] + rows[record.id]["suffix"]
+        assert full[record.id].endswith(record.text) and len(full[record.id]) > len(record.text)
+    assert resolve_forget_set(str(csv_path)) == records  # the file itself: the same samples
+    with pytest.raises(UnlearnError, match="no forget set named 'lm_extraction_9_9'"):
+        resolve_forget_set("lm_extraction_9_9")
+
+
+def test_unknown_methods_and_tasks_are_refused(capsys):
+    with pytest.raises(UnlearnError, match="unknown method 'nope'; known methods: icu, .*ga"):
+        BenchSettings(methods="icu,nope")
+    assert main(["bench", "--methods", "icu,nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "known methods: icu" in err[0]
+    with pytest.raises(UnlearnError, match="unknown task 'bogus'"):
+        BenchSettings(tasks="forget,bogus")
+    assert BenchSettings(methods=" icu, ga ,icu").methods == ["icu", "ga"]
+
+
+def _row(name, **values):
+    return {"name": name, "role": "method", **values}
+
+
+def test_claims_follow_the_numbers():
+    """Yardstick: the leaky model's non-member EL10 0.05 and MA 0.5. GA: EL 0.01, MA 0.2 (forgot)
+    with WikiText PPL 200 / 20 = 10x (damaged). ICU: forgot, Pile 21/20 = 1.05x and WikiText
+    22/20 = 1.1x (within 1.10x), entropy 3.7/4 = 0.925 (>= 0.9): kept. With ICU's entropy at
+    3.5/4 = 0.875 the same claim fails."""
+    leaky = {"name": "leaky", "role": "leaky", "nonmember_el10": 0.05, "nonmember_ma": 0.5,
+             "ppl_pile": 20.0, "ppl_wikitext": 20.0, "entropy": 4.0}
+    ga = _row("ga", el10=0.01, ma=0.2, ppl_pile=30.0, ppl_wikitext=200.0, entropy=3.9)
+    icu = _row("icu", el10=0.04, ma=0.45, ppl_pile=21.0, ppl_wikitext=22.0, entropy=3.7)
+    claims = check_claims([leaky, ga, icu])
+    assert [c["result"] for c in claims] == ["PASS"] * 5
+    claims = check_claims([leaky, ga, {**icu, "entropy": 3.5, "ma": 0.6}])
+    assert [c["result"] for c in claims] == ["PASS", "PASS", "FAIL", "FAIL", "PASS"]
+    claims = check_claims([leaky, icu])  # no GA row: its claims are not checked
+    assert [c["result"] for c in claims] == ["NOT CHECKED", "NOT CHECKED", "PASS", "PASS",
+                                             "NOT CHECKED"]
+
+
+def _stamps(out, cache):
+    files = [*out.glob("methods/*/model.safetensors"), *out.glob("methods/*/run.json"),
+             *out.glob("eval/*/eval.json"), *cache.glob("bench/*/model.safetensors")]
+    return {str(p): p.stat().st_mtime_ns for p in files}
+
+
+def test_bench_end_to_end_then_a_rerun_reuses_everything(
+    tiny_llama_dir, data_dir, tmp_path, monkeypatch, capsys, caplog, one_torch_thread
+):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("UNLEARNLM_CACHE", str(cache))
+    files = {name: write_jsonl(tmp_path / f"{name}.jsonl", texts) for name, texts in [
+        ("forget", FORGET_RECORDS), ("retain", RETAIN_RECORDS), ("pool", POOL_RECORDS),
+        ("calibration", CALIBRATION_RECORDS), ("nonmember", NONMEMBER_RECORDS)]}
+    out = tmp_path / "bench"
+    flags = {"model": str(tiny_llama_dir), "forget-set": files["forget"],
+             "retain": files["retain"], "pool": files["pool"],
+             "calibration": files["calibration"], "nonmember": files["nonmember"],
+             "out": out, "methods": ",".join(METHODS), "tasks": ",".join(TASKS), "limit": 2,
+             "prefix-tokens": 4, "suffix-tokens": None, "lr": 3e-3, "max-epochs": 2,
+             "batch-size": 2, "finetune-lr": 3e-3, "finetune-epochs": 40,
+             "finetune-target": 0.9}
+    settings = BenchSettings(**{k.replace("-", "_"): str(v) if isinstance(v, Path) else v
+                                for k, v in flags.items()})
+    results = run_bench(settings)
+
+    names = ["leaky", "retain", *METHODS]
+    with open(out / "results.csv", encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["name"] for r in rows] == names
+    for row in rows:
+        assert all(float(row[key]) >= 0.0 for key in NUMBERS), row
+    for row in rows[2:]:
+        assert 1 <= int(row["epochs"]) <= 2 and float(row["wall_time_s"]) > 0 and row["stopped"]
+    markdown = (out / "results.md").read_text(encoding="utf-8")
+    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    labels = [line.split("|")[1].strip() for line in table[1:len(names) + 1]]
+    assert labels[:2] == ["leaky (before)", "retain (never saw the forget set)"]
+    assert labels[2:] == METHODS
+    assert "copa" in markdown  # cls acc names the downstream tasks it averages
+    assert [c["result"] for c in results["claims"]] != ["NOT CHECKED"] * 5
+    assert all(c["result"] in {"PASS", "FAIL"} for c in results["claims"][:4])
+    assert (out / "forgetting_vs_utility.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert {"torch", "transformers"} <= set(saved["versions"])
+    assert saved["settings"]["methods"] == METHODS and saved["data"]["forget"]["n"] == 4
+
+    # the same command again, through the CLI: nothing is trained or evaluated again
+    before = _stamps(out, cache)
+    assert len(before) == 2 * len(METHODS) + len(names) + 2
+    argv = ["bench"]
+    for key, value in flags.items():
+        argv += [f"--{key}", "all" if value is None else str(value)]
+    caplog.set_level("INFO", logger="unlearnlm")
+    assert main(argv) == 0
+    assert _stamps(out, cache) == before
+    reused = [r for r in caplog.records if "reusing" in r.getMessage().lower()]
+    assert len(reused) == 2 + len(METHODS) + len(names)  # 2 models, the runs, the evaluations
+    printed = capsys.readouterr().out
+    assert "| leaky (before) |" in printed and "results.md" in printed.splitlines()[-1]
+
+    # a re-run that would train differently is refused before any work
+    with pytest.raises(UnlearnError, match="other settings.*lr"):
+        run_bench(BenchSettings(**{**vars(settings), "lr": 1e-3}))
