@@ -90,7 +90,8 @@ class BenchSettings:
     max_epochs: int = _setting(10, "unlearning epochs at most, every method")
     batch_size: int = _setting(8, "texts per step, fine-tuning and unlearning")
     trainable_layers: int | None = _setting(
-        None, "unlearning trains only the last N transformer blocks; null: all (the paper)")
+        None, "fine-tuning and unlearning train only the last N transformer blocks; null: all "
+        "(the paper)")
     mixed_precision: str = _setting("no", "'no', 'bf16' or 'fp16' for fine-tuning and "
                                     "unlearning (bf16 halves a CPU step where it is supported)")
     drop_rule: str = _setting("and", "IUR drop test: 'and' (paper) or 'or' (official code)")
@@ -295,7 +296,8 @@ def finetuned_model(kind: str, s: BenchSettings, identity: str, texts: list[str]
     from unlearnlm.paths import cache_root
 
     recipe = [identity, texts_sha256(texts), s.finetune_lr, s.finetune_epochs, s.finetune_target,
-              s.batch_size, s.prefix_tokens, s.suffix_tokens, s.mixed_precision, s.seed]
+              s.batch_size, s.prefix_tokens, s.suffix_tokens, s.mixed_precision, s.seed,
+              s.trainable_layers]
     key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
     folder = cache_root() / "bench" / f"{kind}-{key}"
     if (folder / "finetune.json").is_file():
@@ -308,7 +310,8 @@ def finetuned_model(kind: str, s: BenchSettings, identity: str, texts: list[str]
         s.model, data_file, str(folder), max_epochs=s.finetune_epochs, lr=s.finetune_lr,
         batch_size=s.batch_size, target_accuracy=s.finetune_target,
         prefix_tokens=s.prefix_tokens, suffix_tokens=s.suffix_tokens,
-        mixed_precision=s.mixed_precision, seed=s.seed, overwrite=True,
+        mixed_precision=s.mixed_precision, seed=s.seed, trainable_layers=s.trainable_layers,
+        overwrite=True,
     )
     if not record["memorised"]:
         log.warning("  The %s model reached suffix token accuracy %.3f only, under the target "

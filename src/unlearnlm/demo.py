@@ -56,6 +56,7 @@ class DemoSettings:
     trainable_layers: int | None = 10
     retain_weight: float = 1.0
     drop_rule: str = "or"
+    forget_tokens: str = "all"
     pair_with_pool: bool = True
     mixed_precision: str = "no"
     wikitext_docs: int = 16
@@ -115,7 +116,7 @@ def probe(model, tokenizer, records: list[dict], mixed_precision: str) -> list[d
     longest = max(len(tokenizer(r["suffix"], add_special_tokens=False)["input_ids"])
                   for r in records)
     with _autocast(mixed_precision):
-        outs = generate_continuations(model, prefixes, longest + 8,
+        outs = generate_continuations(model, prefixes, longest + 2,
                                       pad_token_id=tokenizer.pad_token_id,
                                       eos_token_id=tokenizer.eos_token_id)
     texts = [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
@@ -181,11 +182,9 @@ def leak_share(rows: list[dict]) -> tuple[int, int]:
 def _state(model, tokenizer, sets, s: DemoSettings) -> dict:
     model.eval()
     with torch.no_grad():
-        return {
-            "forget": probe(model, tokenizer, sets["forget"], s.mixed_precision),
-            "keep": probe(model, tokenizer, sets["keep"], s.mixed_precision),
-            "fluency": fluency(model, tokenizer, s),
-        }
+        rows = probe(model, tokenizer, sets["forget"] + sets["keep"], s.mixed_precision)
+        return {"forget": rows[: len(sets["forget"])], "keep": rows[len(sets["forget"]) :],
+                "fluency": fluency(model, tokenizer, s)}
 
 
 def _show_state(title: str, state: dict, s: DemoSettings) -> None:
@@ -245,7 +244,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> dict:
         prefix_tokens=50, suffix_tokens=None, mixed_precision=s.mixed_precision,
         loss_weights={"retain_nll": s.retain_weight} if s.retain_weight else {},
         seed=s.seed, trainable_layers=s.trainable_layers, el_every_epoch=False,
-        calibrate_el=False, drop_rule=s.drop_rule, overwrite=True,
+        calibrate_el=False, drop_rule=s.drop_rule, forget_tokens=s.forget_tokens,
+        overwrite=True,
     )
     timings["unlearn"] = time.perf_counter() - clock
     _say(f"  Stopped after epoch {record['stopped']['epoch']}: {record['stopped']['reason']}.")
