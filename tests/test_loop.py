@@ -145,6 +145,10 @@ def test_stops_once_the_forget_set_is_under_the_el_ma_thresholds(
     record = unlearn(out=str(tmp_path / "b"), el_threshold=0.0, ma_threshold=0.0,
                      max_epochs=2, **common)
     assert record["stopped"] == {"epoch": 2, "reason": "max_epochs reached"}
+    record = unlearn(out=str(tmp_path / "c"), el_threshold=1.1, ma_threshold=1.1, max_epochs=2,
+                     stop_on_el=False, el_every_epoch=False, **common)
+    assert record["stopped"] == {"epoch": 2, "reason": "max_epochs reached"}
+    assert all(s["el"] is None for e in record["epochs"] for s in e["samples"])
 
 
 def test_distinct_targets_drop_bigrams_shared_with_the_partner():

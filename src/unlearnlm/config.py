@@ -67,6 +67,10 @@ class UnlearnConfig:
     el_every_epoch: bool = _f(
         True, "score EL_n of every sample each epoch (false: only once MA is under its threshold)"
     )
+    stop_on_el: bool = _f(
+        True, "also stop once mean EL_n and MA of the forget set fall under their thresholds; "
+        "false: stop only when no sample is active or at max_epochs, and skip the costly EL_n"
+    )
     el_threshold: float = _f(0.0499, "stop when mean EL_n of the forget set falls under this")
     ma_threshold: float = _f(0.5994, "... and mean memorisation accuracy falls under this")
     calibrate_el: bool = _f(

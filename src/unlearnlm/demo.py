@@ -50,16 +50,16 @@ class DemoSettings:
     finetune_lr: float = 1e-3
     finetune_epochs: int = 30
     finetune_target: float = 0.99
-    unlearn_lr: float = 1e-3
+    unlearn_lr: float = 1.5e-3
     unlearn_epochs: int = 8
     batch_size: int = 8
     trainable_layers: int | None = 10
     retain_weight: float = 1.0
-    drop_rule: str = "or"
+    drop_rule: str = "and"
     forget_tokens: str = "all"
     pair_with_pool: bool = True
     mixed_precision: str = "no"
-    wikitext_docs: int = 16
+    wikitext_docs: int = 8
     wikitext_tokens: int = 256
     show_kept: int = 4
 
@@ -244,7 +244,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> dict:
         prefix_tokens=50, suffix_tokens=None, mixed_precision=s.mixed_precision,
         loss_weights={"retain_nll": s.retain_weight} if s.retain_weight else {},
         seed=s.seed, trainable_layers=s.trainable_layers, el_every_epoch=False,
-        calibrate_el=False, drop_rule=s.drop_rule, forget_tokens=s.forget_tokens,
+        calibrate_el=False, stop_on_el=False, drop_rule=s.drop_rule, forget_tokens=s.forget_tokens,
         overwrite=True,
     )
     timings["unlearn"] = time.perf_counter() - clock

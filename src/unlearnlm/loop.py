@@ -508,7 +508,7 @@ def _score_epoch(
         mem = memorisation_scores(model, forget, tokenizer.pad_token_id, config.el_n, False)
         mean_ma = sum(mem["ma"]) / len(forget)
         # EL is the costly metric; the stop test needs it only once MA is under its threshold
-        if config.el_every_epoch or mean_ma < thresholds.ma:
+        if config.el_every_epoch or (config.stop_on_el and mean_ma < thresholds.ma):
             mem["el"] = el_scores(model, forget, tokenizer.pad_token_id, config.el_n)
     by_index = dict(zip(indices, gen))
     samples, dropped = [], []
