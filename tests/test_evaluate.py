@@ -144,3 +144,22 @@ def test_unknown_task_exits_2_with_one_line(tiny_gptneo_dir, tmp_path, capsys):
     assert code == 2 and len(err) == 1
     assert err[0].startswith("unlearnlm: error: unknown task 'bogus'") and "mia" in err[0]
     assert not (tmp_path / "eval").exists()
+
+
+def test_eval_command_scores_original_and_retain_models_too(tiny_gptneo_dir, tiny_llama_dir,
+                                                            record_files, tmp_path):
+    """--original and --retain are evaluated with the same settings into their own folders;
+    --el-n reaches the forget metrics."""
+    out = tmp_path / "eval"
+    code = main(["eval", "--model", str(tiny_gptneo_dir), "--original", str(tiny_gptneo_dir),
+                 "--retain", str(tiny_llama_dir), "--forget", str(record_files["forget"]),
+                 "--tasks", "forget", "--limit", "2", "--el-n", "3", "--prefix-tokens", "4",
+                 "--suffix-tokens", "all", "--out", str(out)])
+    assert code == 0
+    results = {name: json.loads((out / name / "eval.json").read_text())
+               for name in ("", "original", "retain")}
+    assert results["original"]["settings"]["model"] == str(tiny_gptneo_dir)
+    assert results["retain"]["settings"]["model"] == str(tiny_llama_dir)
+    assert all(r["tasks"]["forget"]["aggregate"]["el_n"] == 3 for r in results.values())
+    model, original = (results[k]["tasks"]["forget"]["aggregate"] for k in ("", "original"))
+    assert model["ma"] == original["ma"]  # same model, same settings: same scores

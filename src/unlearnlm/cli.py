@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--judge-model", help="model name for the judge (needed with --judge-url)")
     ev.add_argument("--judge-key-env", help="environment variable holding the judge's API key "
                     "(default: OPENAI_API_KEY when set; local servers may need none)")
+    ev.add_argument("--original", help="also evaluate this model (the one before unlearning) "
+                    "into OUT/original/eval.json")
+    ev.add_argument("--retain", help="also evaluate this model (trained without the forget set) "
+                    "into OUT/retain/eval.json")
+    ev.add_argument("--el-n", type=int, default=10, help="n of the extraction likelihood EL_n")
     ev.add_argument("--out", required=True, help="output directory for eval.json")
     ev.set_defaults(func=cmd_eval)
 
@@ -215,20 +220,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if forget and {"forget", "mia"} & set(tasks):
         nonmember = (read_records(args.nonmember, role="nonmember")[: args.limit]
                      if args.nonmember else extraction_nonmembers(args.limit))
-    model, tokenizer, _ = load_model(args.model)
     split = {"prefix_tokens": args.prefix_tokens, "suffix_tokens": args.suffix_tokens}
-    result = evaluate(
-        model, tokenizer, tasks=tasks, limit=args.limit, el_n=10,
-        forget=split_records(forget, tokenizer, **split) if forget else None,
-        nonmember=split_records(nonmember, tokenizer, **split, role="nonmember")
-        if nonmember else None,
-        judge=judge, backend=args.backend,
-    )
-    result["settings"].update(model=args.model, forget=args.forget, nonmember=args.nonmember
-                              or ("extraction val split" if nonmember else None), **split)
-    path = write_results(result, args.out)
-    print(aggregate_table(result))
-    print(f"Per-sample results in {path}")
+    runs = [("", args.model), ("original", args.original), ("retain", args.retain)]
+    for name, model_path in [(n, m) for n, m in runs if m]:
+        model, tokenizer, _ = load_model(model_path)
+        result = evaluate(
+            model, tokenizer, tasks=tasks, limit=args.limit, el_n=args.el_n,
+            forget=split_records(forget, tokenizer, **split) if forget else None,
+            nonmember=split_records(nonmember, tokenizer, **split, role="nonmember")
+            if nonmember else None,
+            judge=judge, backend=args.backend,
+        )
+        result["settings"].update(model=model_path, forget=args.forget, role=name or "model",
+                                  nonmember=args.nonmember
+                                  or ("extraction val split" if nonmember else None), **split)
+        path = write_results(result, os.path.join(args.out, name) if name else args.out)
+        print(f"== {name or 'model'}: {model_path}")
+        print(aggregate_table(result))
+        print(f"Per-sample results in {path}")
+        del model
     return 0
 
 
