@@ -158,13 +158,13 @@ def run_ours(
         groups.setdefault(len(sample.prefix_ids), []).append(i)
     for metric in ("ma", "el"):
         start = time.perf_counter()
-        for prefix_length, indices in groups.items():
+        if metric == "el":  # one call: all samples' generations share batches
+            values["el"] = extraction_likelihood(
+                model, [s.input_ids for s in samples], [len(s.prefix_ids) for s in samples], n,
+                pad_token_id=tokenizer.pad_token_id)
+        for prefix_length, indices in groups.items() if metric == "ma" else ():
             sequences = [samples[i].input_ids for i in indices]
-            if metric == "ma":
-                scores = memorization_accuracy(model, sequences, prefix_length)
-            else:
-                scores = extraction_likelihood(model, sequences, prefix_length, n,
-                                               pad_token_id=tokenizer.pad_token_id)
+            scores = memorization_accuracy(model, sequences, prefix_length)
             for i, score in zip(indices, scores, strict=True):
                 values[metric][i] = score
         times[metric] = time.perf_counter() - start

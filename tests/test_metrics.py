@@ -254,3 +254,18 @@ def test_mean():
     assert mean([1.0, 2.0, 3.0, 4.0]) == 2.5
     with pytest.raises(UnlearnError):
         mean([])
+
+
+def test_el_with_one_start_per_sequence_equals_separate_calls(tiny_llama):
+    """Per-sequence starts give each sequence the EL it gets when scored alone with its start."""
+    from unlearnlm.metrics import extraction_likelihood
+
+    torch.manual_seed(0)
+    sequences = [torch.randint(3, 60, (length,)).tolist() for length in (14, 17, 12)]
+    starts = [4, 6, 3]
+    together = extraction_likelihood(tiny_llama, sequences, starts, 3, pad_token_id=0)
+    alone = [extraction_likelihood(tiny_llama, [s], t, 3, pad_token_id=0)[0]
+             for s, t in zip(sequences, starts)]
+    assert together == pytest.approx(alone, abs=1e-12)
+    with pytest.raises(UnlearnError, match="one each"):
+        extraction_likelihood(tiny_llama, sequences, [4, 6], 3, pad_token_id=0)

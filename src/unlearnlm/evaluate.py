@@ -86,15 +86,14 @@ def _by_prefix_length(samples: list[Sample]) -> dict[int, list[int]]:
 
 def memorisation_scores(model, tokenizer, samples: list[Sample], el_n: int = 10) -> dict:
     """Per sample: EL_n and MA scored on the suffix positions (start = prefix length)."""
-    ma, el = [0.0] * len(samples), [0.0] * len(samples)
+    ma = [0.0] * len(samples)
     for start, indices in _by_prefix_length(samples).items():
         sequences = [samples[i].input_ids for i in indices]
         for i, value in zip(indices, memorization_accuracy(model, sequences, start), strict=True):
             ma[i] = value
-        values = extraction_likelihood(model, sequences, start, el_n,
-                                       pad_token_id=tokenizer.pad_token_id)
-        for i, value in zip(indices, values, strict=True):
-            el[i] = value
+    el = extraction_likelihood(model, [s.input_ids for s in samples],
+                               [len(s.prefix_ids) for s in samples], el_n,
+                               pad_token_id=tokenizer.pad_token_id)
     return {"el": el, "ma": ma}
 
 

@@ -210,11 +210,11 @@ def _generate_for(
 def extraction_likelihood(
     model,
     sequences: list[list[int]],
-    start: int,
+    start: int | list[int],
     n: int = 10,
     *,
     pad_token_id: int,
-    batch_size: int = 32,
+    batch_size: int = 128,
 ) -> list[float]:
     """EL_n (Jang et al. 2023, "Knowledge Unlearning for Mitigating Privacy Risks in LMs").
 
@@ -224,14 +224,20 @@ def extraction_likelihood(
     Exact shortcut: where the teacher-forced argmax at t equals x_t, greedy from t is x_t
     followed by greedy from t + 1, so one forward pass decides which starts need generating at
     all, and only those are generated, batched across starts and samples. Same values as
-    ``extraction_likelihood_naive`` (up to float ties between near-equal logits).
+    ``extraction_likelihood_naive`` (up to float ties between near-equal logits). ``start`` may
+    be one value per sequence (prefixes of different lengths), so that all the generations share
+    batches: on a CPU a decoding step costs about the same for 8 rows as for 128.
     """
-    _check_el_arguments(sequences, start, n)
-    predictions = next_token_argmax(model, sequences, batch_size)
+    starts = [start] * len(sequences) if isinstance(start, int) else list(start)
+    if len(starts) != len(sequences):
+        raise UnlearnError(f"{len(starts)} starts for {len(sequences)} sequences; give one each")
+    for value in set(starts):
+        _check_el_arguments(sequences, value, n)
+    predictions = next_token_argmax(model, sequences, min(batch_size, 32))
     jobs = [
         (i, t)
         for i, tokens in enumerate(sequences)
-        for t in _positions_to_generate(tokens, predictions[i], start, n)
+        for t in _positions_to_generate(tokens, predictions[i], starts[i], n)
     ]
     generated: list[dict[int, list[int]]] = [{} for _ in sequences]
     for (i, t), continuation in _generate_for(
@@ -240,8 +246,8 @@ def extraction_likelihood(
         generated[i][t] = continuation
     scores = []
     for i, tokens in enumerate(sequences):
-        continuations = _greedy_continuations(tokens, predictions[i], start, generated[i])
-        scores.append(_el_from_continuations(tokens, continuations, start, n))
+        continuations = _greedy_continuations(tokens, predictions[i], starts[i], generated[i])
+        scores.append(_el_from_continuations(tokens, continuations, starts[i], n))
     return scores
 
 

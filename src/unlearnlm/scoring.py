@@ -90,19 +90,13 @@ def memorisation_scores(
 
 
 def el_scores(model, samples: list[Sample], pad_token_id: int, el_n: int) -> list[float]:
-    """Per sample EL_n over the suffix start positions, batched by prefix length."""
-    el = [0.0] * len(samples)
-    by_start: dict[int, list[int]] = {}
-    for i, sample in enumerate(samples):
-        by_start.setdefault(len(sample.prefix_ids), []).append(i)
-    for start, indices in by_start.items():
-        values = extraction_likelihood(
-            model, [samples[i].input_ids for i in indices], start=start, n=el_n,
-            pad_token_id=pad_token_id,
-        )
-        for i, value in zip(indices, values):
-            el[i] = float(value)
-    return el
+    """Per sample EL_n over its suffix start positions, all samples in shared batches."""
+    if not samples:
+        return []
+    values = extraction_likelihood(model, [s.input_ids for s in samples],
+                                   [len(s.prefix_ids) for s in samples], n=el_n,
+                                   pad_token_id=pad_token_id)
+    return [float(v) for v in values]
 
 
 def is_forgotten(scores: dict, thresholds: Thresholds, rule: str) -> bool:
