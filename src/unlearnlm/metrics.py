@@ -231,8 +231,7 @@ def extraction_likelihood(
     starts = [start] * len(sequences) if isinstance(start, int) else list(start)
     if len(starts) != len(sequences):
         raise UnlearnError(f"{len(starts)} starts for {len(sequences)} sequences; give one each")
-    for value in set(starts):
-        _check_el_arguments(sequences, value, n)
+    _check_el_arguments(sequences, min(starts, default=1), n)  # the smallest start decides
     predictions = next_token_argmax(model, sequences, min(batch_size, 32))
     jobs = [
         (i, t)
