@@ -333,12 +333,23 @@ def test_proportional_split_by_hand(gpt2_tokenizer):
 
 def test_too_short_text_names_sample_count_and_fix(tokenizer):
     n = len(ids_of(tokenizer, "Alice Smith"))
-    with pytest.raises(UnlearnError) as info:
-        split_records([Record("ok", LONG_TEXT), Record("s-7", "Alice Smith")], tokenizer, n, 50)
+    with pytest.raises(UnlearnError) as info:  # no suffix length: the prefix takes every token
+        split_records([Record("ok", LONG_TEXT), Record("s-7", "Alice Smith")], tokenizer, n, None)
     message = str(info.value)
     assert_one_line(message)
     for part in ("forget sample s-7", f"has {n} tokens", "--prefix-tokens", "remove the sample"):
         assert part in message
+    one = next(w for w in ("a", "A", "x", "1") if len(ids_of(tokenizer, w)) == 1)
+    with pytest.raises(UnlearnError, match="sample s-8 has 1 tokens"):
+        split_records([Record("s-8", one)], tokenizer, 4, 50)
+
+
+def test_text_no_longer_than_the_prefix_is_split_in_proportion(tokenizer):
+    text = "Alice Smith was born on 3 March 1981."
+    n = len(ids_of(tokenizer, text))
+    (sample,) = split_records([Record("c", text)], tokenizer, n + 3, 50)
+    assert len(sample.prefix_ids) == min(max(round(n * (n + 3) / (n + 53)), 1), n - 1)
+    assert len(sample.suffix_ids) >= 1 and len(sample.input_ids) == n
 
 
 def test_presplit_records_keep_the_users_split(tokenizer):

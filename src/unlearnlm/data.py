@@ -331,7 +331,7 @@ def split_records(
     A record with its own prefix and suffix keeps that split. A text of at least
     ``prefix_tokens + suffix_tokens`` tokens keeps its LAST that many tokens (the paper drops the
     earlier "preprefix"); with ``suffix_tokens=None`` the suffix is every token after the prefix.
-    A shorter text (but longer than the prefix) is split in proportion, with one warning per call.
+    A shorter text (2 tokens or more) is split in proportion, with one warning per call.
     """
     _check_token_counts(prefix_tokens, suffix_tokens)
     records = list(records)
@@ -409,11 +409,11 @@ def _window_sample(
 ) -> tuple[Sample, bool]:
     """Split one tokenized text; the flag says whether it was split in proportion."""
     n = len(ids)
-    if n <= prefix_tokens:
+    if n < 2 or (suffix_tokens is None and n <= prefix_tokens):
         raise UnlearnError(
-            f"{role} sample {_show(record.id)} has {n} tokens, not more than "
-            f"prefix_tokens={prefix_tokens}, so no suffix is left; lower --prefix-tokens "
-            "or remove the sample"
+            f"{role} sample {_show(record.id)} has {n} tokens, too few to split into a prefix "
+            f"(prefix_tokens={prefix_tokens}) and a non-empty suffix; lower --prefix-tokens, "
+            "set --suffix-tokens, or remove the sample"
         )
     proportional = suffix_tokens is not None and n < prefix_tokens + suffix_tokens
     window, cut = ids, prefix_tokens
