@@ -85,6 +85,7 @@ def test_calibration_sets_thresholds_from_unseen_texts(leaky_llama_dir, record_f
     assert thresholds["source"].startswith("calibrated")
     assert thresholds["bleu"] != 0.01 and thresholds["bertscore"] != 0.3
     assert 0.0 <= thresholds["ma"] <= 1.0
+    assert thresholds["inclusive"] is True
 
 
 def test_refuses_output_inside_the_input_model(tiny_llama_dir, record_files):
@@ -160,3 +161,24 @@ def test_distinct_targets_drop_bigrams_shared_with_the_partner():
     batch = collate([[5, 6, 7, 8, 9], [5, 6]], [2, 1], pad_token_id=0, device="cpu")
     keep_distinct_targets(batch, [[1, 6, 7, 3, 8, 9], [4, 4]])
     assert batch["loss_mask"].tolist() == [[0, 0, 0, 1, 0], [0, 1, 0, 0, 0]]
+
+
+def test_calibrated_thresholds_hold_at_equality_fixed_ones_do_not():
+    """The median never-seen BLEU-4 and EL_10 are often exactly 0: a calibrated threshold of 0
+    must still let a sample that scores 0 drop and a forget set at EL 0 stop."""
+    from unlearnlm.loop import _stop_reason
+    from unlearnlm.scoring import Thresholds, is_forgotten
+
+    calibrated = Thresholds(bleu=0.0, bertscore=0.5, el=0.0, ma=0.46, inclusive=True)
+    fixed = Thresholds(bleu=0.0, bertscore=0.5, el=0.0, ma=0.46)
+    silent = {"bleu": 0.0, "bertscore": 0.5}
+    assert is_forgotten(silent, calibrated, "and")
+    assert not is_forgotten(silent, fixed, "and")
+    assert not is_forgotten({"bleu": 0.01, "bertscore": 0.2}, calibrated, "and")
+    assert is_forgotten({"bleu": 0.01, "bertscore": 0.2}, calibrated, "or")
+    entry = {"mean": {"el": 0.0, "ma": 0.278}}
+    reason = _stop_reason(entry, calibrated, [True])
+    assert reason.startswith("forget set under the EL/MA thresholds") and "<= 0.0000" in reason
+    assert _stop_reason(entry, fixed, [True]) is None
+    assert _stop_reason({"mean": {"el": 0.0, "ma": 0.47}}, calibrated, [True]) is None
+    assert Thresholds(**calibrated.as_dict()) == calibrated  # resumes keep the rule

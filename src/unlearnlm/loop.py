@@ -508,7 +508,7 @@ def _score_epoch(
         mem = memorisation_scores(model, forget, tokenizer.pad_token_id, config.el_n, False)
         mean_ma = sum(mem["ma"]) / len(forget)
         # EL is the costly metric; the stop test needs it only once MA is under its threshold
-        if config.el_every_epoch or (config.stop_on_el and mean_ma < thresholds.ma):
+        if config.el_every_epoch or (config.stop_on_el and thresholds.under(mean_ma, "ma")):
             mem["el"] = el_scores(model, forget, tokenizer.pad_token_id, config.el_n)
     by_index = dict(zip(indices, gen))
     samples, dropped = [], []
@@ -546,10 +546,12 @@ def _stop_reason(entry: dict, thresholds: Thresholds, active: list[bool]) -> str
     if not any(active):
         return "every sample forgotten (none left active)"
     mean = entry["mean"]
-    if mean["el"] is not None and mean["el"] < thresholds.el and mean["ma"] < thresholds.ma:
+    if (mean["el"] is not None and thresholds.under(mean["el"], "el")
+            and thresholds.under(mean["ma"], "ma")):
+        sign = thresholds.sign
         return (
-            f"forget set under the EL/MA thresholds (EL {mean['el']:.4f} < {thresholds.el:.4f}, "
-            f"MA {mean['ma']:.4f} < {thresholds.ma:.4f})"
+            f"forget set under the EL/MA thresholds (EL {mean['el']:.4f} {sign} "
+            f"{thresholds.el:.4f}, MA {mean['ma']:.4f} {sign} {thresholds.ma:.4f})"
         )
     return None
 

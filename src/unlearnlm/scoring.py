@@ -36,6 +36,10 @@ class Thresholds:
     el: float
     ma: float
     source: str = "settings"
+    # calibrated thresholds are met at equality: a forgotten sample scores no higher than the
+    # median never-seen text, and that median is often exactly 0 for BLEU-4 and EL_10, where a
+    # strict "<" could never hold; the paper's fixed thresholds keep its strict "<"
+    inclusive: bool = False
 
     def as_dict(self) -> dict:
         return {
@@ -44,7 +48,17 @@ class Thresholds:
             "el": self.el,
             "ma": self.ma,
             "source": self.source,
+            "inclusive": self.inclusive,
         }
+
+    def under(self, value: float, name: str) -> bool:
+        """Whether ``value`` is under the threshold ``name`` (at or under, when inclusive)."""
+        limit = getattr(self, name)
+        return value <= limit if self.inclusive else value < limit
+
+    @property
+    def sign(self) -> str:
+        return "<=" if self.inclusive else "<"
 
 
 def generate_suffixes(model, tokenizer, samples: list[Sample], config) -> list[list[int]]:
@@ -100,9 +114,9 @@ def el_scores(model, samples: list[Sample], pad_token_id: int, el_n: int) -> lis
 
 
 def is_forgotten(scores: dict, thresholds: Thresholds, rule: str) -> bool:
-    """The IUR drop test: BLEU < b and/or BERTScore-F1 < a."""
-    low_bleu = scores["bleu"] < thresholds.bleu
-    low_bert = scores["bertscore"] < thresholds.bertscore
+    """The IUR drop test: BLEU < b and/or BERTScore-F1 < a (<= for calibrated thresholds)."""
+    low_bleu = thresholds.under(scores["bleu"], "bleu")
+    low_bert = thresholds.under(scores["bertscore"], "bertscore")
     return (low_bleu and low_bert) if rule == "and" else (low_bleu or low_bert)
 
 
@@ -122,4 +136,5 @@ def calibrate(model, tokenizer, samples: list[Sample], config, path: str) -> Thr
         el=float(np.quantile(mem["el"], q)) if config.calibrate_el else config.el_threshold,
         ma=float(np.quantile(mem["ma"], q)),
         source=source,
+        inclusive=True,
     )
