@@ -182,3 +182,21 @@ def test_calibrated_thresholds_hold_at_equality_fixed_ones_do_not():
     assert _stop_reason(entry, fixed, [True]) is None
     assert _stop_reason({"mean": {"el": 0.0, "ma": 0.47}}, calibrated, [True]) is None
     assert Thresholds(**calibrated.as_dict()) == calibrated  # resumes keep the rule
+
+
+def test_calibration_cache_is_reused_only_for_the_same_model_texts_and_settings(
+        leaky_llama_dir, record_files, tmp_path):
+    cache = tmp_path / "calibration.json"
+    common = dict(model=str(leaky_llama_dir), forget=str(record_files["forget"]),
+                  pool=str(record_files["pool"]), calibrate_on=str(record_files["calibration"]),
+                  calibration_cache=str(cache), lr=1e-5, max_epochs=1, **TINY)
+    first = unlearn(out=str(tmp_path / "a"), **common)["thresholds"]
+    stored = json.loads(cache.read_text())
+    assert stored["thresholds"] == first
+    assert stored["key"]["calibration_sha256"] and stored["key"]["el_n"] == 10
+    stored["thresholds"]["ma"] = 0.123  # a marker: a reused file shows it
+    cache.write_text(json.dumps(stored))
+    assert unlearn(out=str(tmp_path / "b"), **common)["thresholds"]["ma"] == 0.123
+    third = unlearn(out=str(tmp_path / "c"), **{**common, "el_n": 3})["thresholds"]
+    assert third["ma"] == first["ma"] != 0.123  # another setting: calibrated anew, and stored
+    assert json.loads(cache.read_text())["key"]["el_n"] == 3

@@ -346,7 +346,8 @@ def run_method(name: str, s: BenchSettings, leaky: Path, files: dict[str, str],
         config = s.unlearn_settings(name)
         config = dataclasses.replace(
             config, model=str(leaky), forget=files["forget"], retain=files["retain"],
-            pool=files["pool"], calibrate_on=files["calibration"], out=str(folder))
+            pool=files["pool"], calibrate_on=files["calibration"], out=str(folder),
+            calibration_cache=str(folder.parent / "calibration.json"))
         record = unlearn(config)
     spent = {"wall_time_s": round(time.perf_counter() - clock, 1), "resumed": resumed}
     _write_atomic(timing, json.dumps(spent))

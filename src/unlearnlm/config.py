@@ -34,6 +34,11 @@ class UnlearnConfig:
     calibrate_on: str | None = _f(
         None, "texts of the same kind the model never saw: thresholds are set from its scores"
     )
+    calibration_cache: str | None = _f(
+        None, "JSON file of calibrated thresholds to share between runs: reused when it was made "
+        "for the same model weights, calibration texts and scoring settings, else calibrated "
+        "anew and written; null: calibrate in every run"
+    )
     method: str = _f("icu", "unlearning method (see `unlearnlm methods`)")
     loss_weights: dict[str, float] = _f({}, "override the method's loss weights, by term name")
     dpo_preferred: str = _f(

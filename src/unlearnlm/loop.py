@@ -13,11 +13,14 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -159,8 +162,10 @@ class _Run:
     def start(self) -> None:
         """Calibrate, score the untouched model (epoch 0) and write the first checkpoint."""
         clock = time.perf_counter()
-        self.thresholds = _thresholds(self.config, self.records, self.accelerator, self.model,
-                                      self.tokenizer)
+        self.thresholds = _cached_thresholds(
+            self.config, self.record["model"].get("sha256"),
+            lambda: _thresholds(self.config, self.records, self.accelerator, self.model,
+                                self.tokenizer))
         self.record["thresholds"] = self.thresholds.as_dict()
         self.timings["calibration"] = time.perf_counter() - clock
         self.record["guard"] = {"events": [], "lr": self.config.lr,
@@ -392,6 +397,36 @@ def _preferred_answers(config, records, tokenizer) -> list[list[int]]:
         return [list(tokenizer(REFUSAL, add_special_tokens=False)["input_ids"])]
     return _other_suffixes(config, records, tokenizer, "their suffixes are the preferred answers",
                            fix=", or set --dpo-preferred refusal")
+
+
+# the settings a calibration depends on, besides the model's weights and the calibration texts
+CALIBRATION_KEYS = ("prefix_tokens", "suffix_tokens", "decoding", "num_beams", "scorer_model",
+                    "scorer_layers", "el_n", "calibrate_el", "el_threshold",
+                    "calibration_quantile", "mixed_precision")
+
+
+def _cached_thresholds(config, model_hash: str | None, compute) -> Thresholds:
+    """``compute()``, or the thresholds in ``config.calibration_cache`` when they were made for
+    the same weights, calibration texts and scoring settings; a fresh result is written there."""
+    if not (config.calibration_cache and config.calibrate_on and model_hash):
+        return compute()
+    key = {"model_sha256": model_hash, "calibration_sha256": file_sha256(config.calibrate_on),
+           **{name: getattr(config, name) for name in CALIBRATION_KEYS}}
+    cache = Path(config.calibration_cache)
+    try:
+        stored = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stored = None
+    if isinstance(stored, dict) and stored.get("key") == key:
+        log.info("Reusing the calibrated thresholds in %s", cache)
+        return Thresholds(**stored["thresholds"])
+    thresholds = compute()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_name(cache.name + ".partial")
+    partial.write_text(json.dumps({"key": key, "thresholds": thresholds.as_dict()}, indent=2),
+                       encoding="utf-8")
+    os.replace(partial, cache)
+    return thresholds
 
 
 def _thresholds(config, records, accelerator, model, tokenizer) -> Thresholds:
