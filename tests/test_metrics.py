@@ -106,16 +106,16 @@ def test_shortcut_generates_only_where_the_argmax_misses(monkeypatch):
     reached from t = 8 by no hit) is never needed. So exactly two prefixes are generated, of
     lengths 4 and 8, for 6 and 2 tokens. The memorised [1..7, 0] needs no generation at all."""
     calls = []
+    real = metrics._generate_jobs
 
-    def spy(model, prefixes, max_new_tokens, **kw):
-        calls.extend((len(p), max_new_tokens) for p in prefixes)
-        return generate_continuations(model, prefixes, max_new_tokens, **kw)
+    def spy(model, sequences, predictions, jobs, *args):
+        calls.extend((t, len(sequences[i]) - t) for i, t in jobs)
+        return real(model, sequences, predictions, jobs, *args)
 
-    monkeypatch.setattr(metrics, "generate_continuations", spy)
+    monkeypatch.setattr(metrics, "_generate_jobs", spy)
     model = lookup_model()
     extraction_likelihood(model, [SEQ, [1, 2, 3, 4, 5, 6, 7, 0]], start=4, n=2, pad_token_id=0)
-    assert sorted(length for length, _ in calls) == [4, 8]
-    assert max(new for _, new in calls) == 6
+    assert sorted(calls) == [(4, 6), (8, 2)]
 
 
 def _random_sequences(vocab: range, lengths: list[int], seed: int) -> list[list[int]]:

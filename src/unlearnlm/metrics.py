@@ -207,6 +207,92 @@ def _generate_for(
     return results
 
 
+def _generate_jobs(model, sequences, predictions, jobs, pad_token_id: int, batch_size: int):
+    """The greedy continuations of the jobs, from the sequences' cached keys and values where
+    the model exposes them (groups of 32 sequences, to bound the memory), else by ``generate``."""
+    device = model_device(model)
+    results: dict[tuple[int, int], list[int]] = {}
+    group = 32
+    with evaluation_mode(model), torch.inference_mode():
+        for first in range(0, len(sequences), group):
+            members = range(first, min(first + group, len(sequences)))
+            mine = [(i - first, t) for i, t in jobs if i in members]
+            if not mine:
+                continue
+            part = [sequences[i] for i in members]
+            caches = _prefix_caches(model, part, device)
+            if caches is None:
+                done = _generate_for(model, part, mine, pad_token_id, batch_size)
+            else:
+                mine.sort(key=lambda job: (len(part[job[0]]) - job[1], job[1]), reverse=True)
+                done = _generate_from_caches(model, part, predictions[first:], mine, caches,
+                                             batch_size, device)
+            results.update({(i + first, t): out for (i, t), out in done.items()})
+    return results
+
+
+def _prefix_caches(model, sequences: list[list[int]], device) -> list[tuple] | None:
+    """Keys and values of every position of every sequence, one teacher-forced pass per batch:
+    per layer (keys, values), each (N, kv_heads, T_max, head_dim); None when the model gives no
+    per-layer key/value tensors (then ``_generate_for`` re-reads the prefixes instead)."""
+    layers: list[tuple[list, list]] | None = None
+    longest, order = max(len(s) for s in sequences), []
+    for chunk, input_ids, mask in _right_padded_batches(sequences, 16, device):
+        output = model(input_ids=input_ids, attention_mask=mask, use_cache=True)
+        cache = getattr(output.past_key_values, "layers", None)
+        if not cache or getattr(cache[0], "keys", None) is None:
+            return None
+        if layers is None:
+            layers = [([], []) for _ in cache]
+        pad = longest - input_ids.shape[1]
+        for (keys, values), layer in zip(layers, cache, strict=True):
+            keys.append(F.pad(layer.keys, (0, 0, 0, pad)))
+            values.append(F.pad(layer.values, (0, 0, 0, pad)))
+        order += chunk
+    back = torch.tensor(order, device=device).argsort()  # batched in length order: restore
+    return [(torch.cat(k)[back], torch.cat(v)[back]) for k, v in layers]
+
+
+def _generate_from_caches(
+    model, sequences, predictions, jobs, caches, batch_size: int, device
+) -> dict[tuple[int, int], list[int]]:
+    """Greedy continuations of the jobs from the sequences' own key/value caches: the prefix
+    x_<t of a job is never run again. Its first token is the teacher-forced argmax at t - 1;
+    each row's cache is left-padded to the longest prefix of its batch, positions continue at t."""
+    from transformers import DynamicCache
+
+    results: dict[tuple[int, int], list[int]] = {}
+    for first in range(0, len(jobs), batch_size):
+        chunk = jobs[first : first + batch_size]
+        wanted = [len(sequences[i]) - t for i, t in chunk]
+        width = max(t for _, t in chunk)
+        cache = DynamicCache()
+        for index, (keys, values) in enumerate(caches):
+            shape = (len(chunk), keys.shape[1], width, keys.shape[3])
+            k_rows, v_rows = keys.new_zeros(shape), values.new_zeros(shape)
+            for r, (i, t) in enumerate(chunk):
+                k_rows[r, :, width - t :] = keys[i, :, :t]
+                v_rows[r, :, width - t :] = values[i, :, :t]
+            cache.update(k_rows, v_rows, index)
+        mask = torch.zeros(len(chunk), width, dtype=torch.long, device=device)
+        for r, (_, t) in enumerate(chunk):
+            mask[r, width - t :] = 1
+        token = torch.tensor([[predictions[i][t - 1]] for i, t in chunk], device=device)
+        position = torch.tensor([[t] for _, t in chunk], device=device)
+        steps = [token]
+        for _ in range(max(wanted) - 1):
+            mask = torch.cat([mask, mask.new_ones(len(chunk), 1)], dim=1)
+            logits = model(input_ids=token, attention_mask=mask, position_ids=position,
+                           past_key_values=cache, use_cache=True).logits
+            token = logits[:, -1:].argmax(dim=-1)
+            position = position + 1
+            steps.append(token)
+        generated = torch.cat(steps, dim=1).tolist()
+        for job, size, output in zip(chunk, wanted, generated, strict=True):
+            results[job] = output[:size]
+    return results
+
+
 def extraction_likelihood(
     model,
     sequences: list[list[int]],
@@ -239,8 +325,8 @@ def extraction_likelihood(
         for t in _positions_to_generate(tokens, predictions[i], starts[i], n)
     ]
     generated: list[dict[int, list[int]]] = [{} for _ in sequences]
-    for (i, t), continuation in _generate_for(
-        model, sequences, jobs, pad_token_id, batch_size
+    for (i, t), continuation in _generate_jobs(
+        model, sequences, predictions, jobs, pad_token_id, batch_size
     ).items():
         generated[i][t] = continuation
     scores = []
