@@ -344,12 +344,14 @@ def test_too_short_text_names_sample_count_and_fix(tokenizer):
         split_records([Record("s-8", one)], tokenizer, 4, 50)
 
 
-def test_text_no_longer_than_the_prefix_is_split_in_proportion(tokenizer):
+def test_text_no_longer_than_the_prefix_is_split_in_proportion_unless_forget(tokenizer):
     text = "Alice Smith was born on 3 March 1981."
     n = len(ids_of(tokenizer, text))
-    (sample,) = split_records([Record("c", text)], tokenizer, n + 3, 50)
+    (sample,) = split_records([Record("c", text)], tokenizer, n + 3, 50, role="calibration")
     assert len(sample.prefix_ids) == min(max(round(n * (n + 3) / (n + 53)), 1), n - 1)
     assert len(sample.suffix_ids) >= 1 and len(sample.input_ids) == n
+    with pytest.raises(UnlearnError, match="forget sample c has"):
+        split_records([Record("c", text)], tokenizer, n + 3, 50)
 
 
 def test_presplit_records_keep_the_users_split(tokenizer):

@@ -331,7 +331,8 @@ def split_records(
     A record with its own prefix and suffix keeps that split. A text of at least
     ``prefix_tokens + suffix_tokens`` tokens keeps its LAST that many tokens (the paper drops the
     earlier "preprefix"); with ``suffix_tokens=None`` the suffix is every token after the prefix.
-    A shorter text (2 tokens or more) is split in proportion, with one warning per call.
+    A shorter text is split in proportion, with one warning per call; a forget text must still be
+    longer than the prefix (any text when ``suffix_tokens`` is None).
     """
     _check_token_counts(prefix_tokens, suffix_tokens)
     records = list(records)
@@ -409,7 +410,9 @@ def _window_sample(
 ) -> tuple[Sample, bool]:
     """Split one tokenized text; the flag says whether it was split in proportion."""
     n = len(ids)
-    if n < 2 or (suffix_tokens is None and n <= prefix_tokens):
+    # a forget text no longer than the prompt is a mistake; a never-seen or pool text that short
+    # is still a usable yardstick, split in proportion like any text under prefix + suffix
+    if n < 2 or (n <= prefix_tokens and (suffix_tokens is None or role == "forget")):
         raise UnlearnError(
             f"{role} sample {_show(record.id)} has {n} tokens, too few to split into a prefix "
             f"(prefix_tokens={prefix_tokens}) and a non-empty suffix; lower --prefix-tokens, "
