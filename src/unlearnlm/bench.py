@@ -1,6 +1,6 @@
 """``unlearnlm bench``: the paper's comparison, reproduced on a model that was made to leak.
 
-The protocol (SPEC section 7, as TOFU does it), step by step:
+The protocol (as TOFU does it: Maini et al. 2024), step by step:
 
 1. Data. The forget set is one of the extraction benchmark's (``lm_extraction_32_0``: 32 Pile
    samples). Each sample is its prefix + suffix (the last 100 GPT-2 tokens, what the paper

@@ -28,7 +28,7 @@ from unlearnlm.privacy import SIGNALS
 log = logging.getLogger(__name__)
 
 DOWNSTREAM = ("lambada", *CHOICE_TASKS)
-PPL_SLACK = 1.10  # ICU keeps perplexity within 10% of the leaky model's (SPEC)
+PPL_SLACK = 1.10  # ICU keeps perplexity within 10% of the leaky model's
 ENTROPY_SHARE = 0.90  # ... and entropy at least 90% of it
 LABELS = {"leaky": "leaky (before)", "retain": "retain (never saw the forget set)"}
 # (row key, table header, format): the paper's Table 1 columns, then ours
@@ -180,7 +180,7 @@ def _icu_beats_ga(icu: dict | None, ga: dict | None) -> dict:
 
 
 def check_claims(rows: list[dict]) -> list[dict]:
-    """The SPEC's reading of the paper, tested on these rows: PASS, FAIL or NOT CHECKED."""
+    """Our reading of the paper's claims, tested on these rows: PASS, FAIL or NOT CHECKED."""
     by_name = {r["name"]: r for r in rows}
     leaky, yardstick = by_name["leaky"], forgetting_yardstick(rows)
     icu, ga = by_name.get("icu"), by_name.get("ga")

@@ -5,7 +5,7 @@ tasks and returns ``{"tasks": {name: {"aggregate": {...}, "samples": [...]}}, ..
 ``write_results`` saves it as ``eval.json`` atomically. Task names (``TASKS``):
 
 - ``forget``: per forget sample, EL_n and MA over the suffix, and BLEU, BERTScore-F1 and token
-  entropy of the greedy generation from the prefix, as long as the true suffix (SPEC section 3).
+  entropy of the greedy generation from the prefix, as long as the true suffix.
   With non-member samples given, the same metrics on them and ``privacy.forgetting_verdict``.
 - ``ppl_pile``, ``ppl_wikitext``: corpus perplexity, each document capped at 512 tokens.
 - ``lambada``, ``hellaswag``, ``winogrande``, ``copa``, ``arc_easy``, ``arc_challenge``, ``piqa``,

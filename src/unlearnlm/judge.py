@@ -1,6 +1,6 @@
 """An optional LLM judge: does a continuation keep the forgotten facts to itself and read well?
 
-The ICU paper had GPT-4 grade each generation from 0 to 10 (SPEC section 3). Here the judge is any
+The ICU paper had GPT-4 grade each generation from 0 to 10 (Tang et al. 2024). Here the judge is any
 OpenAI-compatible chat-completions server the user names (a hosted API, vLLM, llama.cpp's
 ``llama-server``, ...): ``judge_samples(settings, prefixes, references, candidates)`` sends one
 request per sample with the rubric ``RUBRIC`` and returns ``{"score": 0-10 or None, "reason":
