@@ -130,6 +130,9 @@ def test_bench_end_to_end_then_a_rerun_reuses_everything(
     saved = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert {"torch", "transformers"} <= set(saved["versions"])
     assert saved["settings"]["methods"] == METHODS and saved["data"]["forget"]["n"] == 4
+    icu = json.loads((out / "methods" / "icu" / "run.json").read_text(encoding="utf-8"))
+    assert icu["config"]["calibration_stop"] == "mean"  # Jang et al.'s stop, the bench default
+    assert "EL and MA at the mean" in icu["thresholds"]["source"]
 
     # the same command again, through the CLI: nothing is trained or evaluated again
     before = _stamps(out, cache)

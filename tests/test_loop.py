@@ -200,3 +200,41 @@ def test_calibration_cache_is_reused_only_for_the_same_model_texts_and_settings(
     third = unlearn(out=str(tmp_path / "c"), **{**common, "el_n": 3})["thresholds"]
     assert third["ma"] == first["ma"] != 0.123  # another setting: calibrated anew, and stored
     assert json.loads(cache.read_text())["key"]["el_n"] == 3
+
+
+def test_calibrated_stop_uses_the_mean_and_the_drop_test_the_quantile(leaky_llama_dir,
+                                                                      record_files):
+    """The stop test compares the forget set's mean EL/MA, so its calibrated thresholds are the
+    never-seen texts' means (Jang et al.); the per-sample drop test keeps the quantile.
+    Calibrating on 2 memorised + 3 unseen texts makes mean and median differ."""
+    import numpy as np
+
+    from unlearnlm.data import read_records, split_records
+    from unlearnlm.models import load_model
+    from unlearnlm.scoring import calibrate, generation_scores, memorisation_scores
+
+    model, tokenizer, _ = load_model(str(leaky_llama_dir))
+    records = (read_records(record_files["forget"])[:2]
+               + read_records(record_files["calibration"], role="calibration"))
+    samples = split_records(records, tokenizer, 4, None, role="calibration")
+    config = UnlearnConfig(**TINY)
+    with torch.no_grad():
+        gen = generation_scores(model, tokenizer, samples, config)
+        mem = memorisation_scores(model, samples, tokenizer.pad_token_id, config.el_n)
+    assert np.mean(mem["ma"]) != pytest.approx(np.median(mem["ma"]))
+
+    by_mean = calibrate(model, tokenizer, samples, config, "texts.jsonl")
+    assert by_mean.ma == pytest.approx(np.mean(mem["ma"]))
+    assert by_mean.el == pytest.approx(np.mean(mem["el"]))
+    assert by_mean.bleu == pytest.approx(np.median([g["bleu"] for g in gen]))
+    assert by_mean.bertscore == pytest.approx(np.median([g["bertscore"] for g in gen]))
+    assert "EL and MA at the mean" in by_mean.source
+
+    quantile = UnlearnConfig(**TINY, calibration_stop="quantile", calibration_quantile=0.25)
+    by_quantile = calibrate(model, tokenizer, samples, quantile, "texts.jsonl")
+    assert by_quantile.ma == pytest.approx(np.quantile(mem["ma"], 0.25))
+    assert by_quantile.el == pytest.approx(np.quantile(mem["el"], 0.25))
+    assert by_quantile.bertscore == pytest.approx(np.quantile([g["bertscore"] for g in gen], 0.25))
+
+    with pytest.raises(UnlearnError, match="calibration_stop"):
+        UnlearnConfig(calibration_stop="median")

@@ -95,6 +95,9 @@ class BenchSettings:
     mixed_precision: str = _setting("no", "'no', 'bf16' or 'fp16' for fine-tuning and "
                                     "unlearning (bf16 halves a CPU step where it is supported)")
     drop_rule: str = _setting("and", "IUR drop test: 'and' (paper) or 'or' (official code)")
+    calibration_stop: str = _setting(
+        "mean", "stop thresholds from never-seen texts' 'mean' EL/MA (Jang et al.) or their "
+        "'quantile' (median, as the drop test)")
     el_every_epoch: bool = _setting(
         False, "score EL10 after every unlearning epoch (off: only once MA is under its "
         "threshold, which saves most of the scoring time)")
@@ -138,9 +141,10 @@ class BenchSettings:
         return UnlearnConfig(
             method=method, lr=self.lr, max_epochs=self.max_epochs, batch_size=self.batch_size,
             trainable_layers=self.trainable_layers, mixed_precision=self.mixed_precision,
-            drop_rule=self.drop_rule, seed=self.seed, prefix_tokens=self.prefix_tokens,
-            suffix_tokens=self.suffix_tokens, el_every_epoch=self.el_every_epoch,
-            guard_ppl_factor=self.guard_ppl_factor, overwrite=True)
+            drop_rule=self.drop_rule, calibration_stop=self.calibration_stop, seed=self.seed,
+            prefix_tokens=self.prefix_tokens, suffix_tokens=self.suffix_tokens,
+            el_every_epoch=self.el_every_epoch, guard_ppl_factor=self.guard_ppl_factor,
+            overwrite=True)
 
 
 def _names(value: str | list[str]) -> list[str]:

@@ -243,7 +243,8 @@ def _notes(s, rows: list[dict], data: dict, models: dict) -> list[str]:
         f"same on the {len(data['retain'])} retain texts only.",
         f"- Every method starts from the leaky model: lr {s.lr:g}, at most {s.max_epochs} epochs, "
         f"batch {s.batch_size}, drop rule '{s.drop_rule}', {len(data['pool'])} pool texts, "
-        f"thresholds calibrated on {len(data['calibration'])} never-seen texts.",
+        f"thresholds calibrated on {len(data['calibration'])} never-seen texts (stop at their "
+        f"{s.calibration_stop} EL/MA).",
         f"- Evaluation: {limit} per task. cls acc % = mean accuracy over {cls}; dia F1 = mean "
         f"unigram F1 (x100) over the dialogue sets run; entropy in bits of one generation.",
         f"- MIA AUC: the highest of {len(SIGNALS)} attacks ({', '.join(SIGNALS)}), forget set vs "

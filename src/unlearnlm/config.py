@@ -81,7 +81,14 @@ class UnlearnConfig:
     calibrate_el: bool = _f(
         True, "calibrate the EL_n threshold too (costly: one generation per position per text)"
     )
-    calibration_quantile: float = _f(0.5, "quantile of the never-seen scores used as threshold")
+    calibration_quantile: float = _f(
+        0.5, "quantile of the never-seen scores used as the drop test's BLEU/BERTScore thresholds"
+    )
+    calibration_stop: str = _f(
+        "mean", "statistic of the never-seen EL_n/MA scores used as the stop thresholds: 'mean' "
+        "(Jang et al.: the forget set's mean against never-seen text's mean) or 'quantile' (the "
+        "same quantile as the drop test; with EL_n, whose median is often 0, far stricter)"
+    )
     guard_ppl_factor: float | None = _f(
         3.0, "roll back an epoch that lifts held-out perplexity past this factor; null: off"
     )
@@ -141,6 +148,10 @@ class UnlearnConfig:
             raise UnlearnError(f"suffix_tokens must be positive or null, got {self.suffix_tokens}")
         if not 0.0 < self.calibration_quantile < 1.0:
             raise UnlearnError("calibration_quantile must lie strictly between 0 and 1")
+        if self.calibration_stop not in ("mean", "quantile"):
+            raise UnlearnError(
+                f"calibration_stop must be 'mean' or 'quantile', got {self.calibration_stop!r}"
+            )
         if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
             raise UnlearnError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
 

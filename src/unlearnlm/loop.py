@@ -402,7 +402,7 @@ def _preferred_answers(config, records, tokenizer) -> list[list[int]]:
 # the settings a calibration depends on, besides the model's weights and the calibration texts
 CALIBRATION_KEYS = ("prefix_tokens", "suffix_tokens", "decoding", "num_beams", "scorer_model",
                     "scorer_layers", "el_n", "calibrate_el", "el_threshold",
-                    "calibration_quantile", "mixed_precision")
+                    "calibration_quantile", "calibration_stop", "mixed_precision")
 
 
 def _cached_thresholds(config, model_hash: str | None, compute) -> Thresholds:

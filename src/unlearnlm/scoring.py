@@ -121,20 +121,33 @@ def is_forgotten(scores: dict, thresholds: Thresholds, rule: str) -> bool:
 
 
 def calibrate(model, tokenizer, samples: list[Sample], config, path: str) -> Thresholds:
-    """Thresholds from the model's own scores on never-seen texts (a quantile, default median)."""
+    """Thresholds from the model's own scores on never-seen texts.
+
+    The drop test compares one sample's BLEU and BERTScore with a quantile (default: median) of
+    the never-seen texts' scores. The stop test compares the forget set's *mean* EL_n and MA, so
+    by default its thresholds are the never-seen texts' means too, as Jang et al. set theirs;
+    ``calibration_stop="quantile"`` takes the quantile instead.
+    """
     q = config.calibration_quantile
     with torch.no_grad():
         gen = generation_scores(model, tokenizer, samples, config)
         mem = memorisation_scores(model, samples, tokenizer.pad_token_id, config.el_n,
                                   with_el=config.calibrate_el)
-    source = f"calibrated: quantile {q} of the model's scores on {len(samples)} texts in {path}"
+
+    def stop_value(values: list[float]) -> float:
+        return float(np.mean(values) if config.calibration_stop == "mean"
+                     else np.quantile(values, q))
+
+    stop = "the mean" if config.calibration_stop == "mean" else f"quantile {q}"
+    source = (f"calibrated on {len(samples)} texts in {path}: BLEU and BERTScore at quantile "
+              f"{q} of the model's scores, EL and MA at {stop}")
     if not config.calibrate_el:
         source += f"; EL threshold {config.el_threshold} from the settings"
     return Thresholds(
         bleu=float(np.quantile([g["bleu"] for g in gen], q)),
         bertscore=float(np.quantile([g["bertscore"] for g in gen], q)),
-        el=float(np.quantile(mem["el"], q)) if config.calibrate_el else config.el_threshold,
-        ma=float(np.quantile(mem["ma"], q)),
+        el=stop_value(mem["el"]) if config.calibrate_el else config.el_threshold,
+        ma=stop_value(mem["ma"]),
         source=source,
         inclusive=True,
     )
