@@ -151,3 +151,19 @@ def test_bench_end_to_end_then_a_rerun_reuses_everything(
     # a re-run that would train differently is refused before any work
     with pytest.raises(UnlearnError, match="other settings.*lr"):
         run_bench(BenchSettings(**{**vars(settings), "lr": 1e-3}))
+
+
+def test_plot_labels_of_nearby_markers_do_not_overlap():
+    from matplotlib.figure import Figure
+
+    from unlearnlm.bench_report import _label_lifts
+
+    ax = Figure(figsize=(6.4, 4.4)).add_subplot()
+    points = [("llmu", 7.5, 0.88), ("retain", 9.3, 0.89), ("dpo", 6.0, 0.97), ("kl", 0.0, 300.0)]
+    ax.scatter([p[1] for p in points], [p[2] for p in points])
+    ax.set_yscale("log")
+    ax.set_xlim(0, 65)
+    lifts = _label_lifts(ax, points)
+    assert lifts[3] == 0.0 and lifts[0] == 0.0  # far from the rest / the lowest: not moved
+    assert lifts[1] >= 9.0  # "retain" sits on "llmu": raised by at least one line
+    assert lifts[2] != lifts[1]

@@ -281,6 +281,25 @@ def results_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def _label_lifts(ax, points: list[tuple[str, float, float]], gap: float = 9.0) -> list[float]:
+    """Upward offsets (points) that keep the labels of nearby markers from printing on each
+    other: from the lowest marker up, a label rises until no label placed before it sits within
+    one line height and about its own width."""
+    scale = 72.0 / ax.figure.dpi
+    at = [tuple(v * scale for v in ax.transData.transform((x, y))) for _, x, y in points]
+    order = sorted(range(len(points)), key=lambda i: at[i][1])
+    placed: list[tuple[float, float, float]] = []  # left, right, baseline of each label
+    lifts = [0.0] * len(points)
+    for i in order:
+        left, base = at[i]
+        right = left + 5.0 * len(points[i][0]) + 5.0
+        while any(left < r and start < right and abs(base + lifts[i] - b) < gap
+                  for start, r, b in placed):
+            lifts[i] += gap
+        placed.append((left, right, base + lifts[i]))
+    return lifts
+
+
 def plot_forgetting_vs_utility(rows: list[dict], path: Path) -> Path | None:
     """EL10 (else MA) on the forget set vs WikiText (else Pile) PPL / the leaky model's."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -302,10 +321,14 @@ def plot_forgetting_vs_utility(rows: list[dict], path: Path) -> Path | None:
     for (row, x, _), ratio in zip(points, ratios):
         marker, colour = styles.get(row["name"], ("o", "tab:blue"))
         ax.scatter(100 * x, ratio, marker=marker, color=colour, zorder=3)
-        ax.annotate(row["name"], (100 * x, ratio), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
     if max(ratios) / max(min(ratios), 1e-9) > 20:
         ax.set_yscale("log")
+    ax.autoscale_view()
+    where = [(row["name"], 100 * x, ratio) for (row, x, _), ratio in zip(points, ratios)]
+    for (name, x, y), lift in zip(where, _label_lifts(ax, where)):
+        leader = {"arrowstyle": "-", "color": "grey", "linewidth": 0.5} if lift else None
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4 + lift), fontsize=8,
+                    arrowprops=leader)
     ax.axhline(PPL_SLACK, color="grey", linestyle="--", linewidth=0.8,
                label=f"{PPL_SLACK:.2f} x the leaky model's perplexity")
     x_name = "EL10" if x_key == "el10" else "MA"
