@@ -229,6 +229,10 @@ def _nonmembers_scored(s, data: dict) -> int:
     return count if s.limit is None else min(count, s.limit)
 
 
+def _stop_statistic(s) -> str:
+    return "mean" if s.calibration_stop == "mean" else "median"
+
+
 def _notes(s, rows: list[dict], data: dict, models: dict) -> list[str]:
     leaky = models["leaky"][1]
     included = [t for t in DOWNSTREAM if rows[0].get(f"acc_{t}") is not None]
@@ -243,8 +247,8 @@ def _notes(s, rows: list[dict], data: dict, models: dict) -> list[str]:
         f"same on the {len(data['retain'])} retain texts only.",
         f"- Every method starts from the leaky model: lr {s.lr:g}, at most {s.max_epochs} epochs, "
         f"batch {s.batch_size}, drop rule '{s.drop_rule}', {len(data['pool'])} pool texts, "
-        f"thresholds calibrated on {len(data['calibration'])} never-seen texts (stop at their "
-        f"{s.calibration_stop} EL/MA).",
+        f"thresholds calibrated on {len(data['calibration'])} never-seen texts (drop test: their "
+        f"median BLEU and BERTScore; stop: their {_stop_statistic(s)} EL10 and MA).",
         f"- Evaluation: {limit} per task. cls acc % = mean accuracy over {cls}; dia F1 = mean "
         f"unigram F1 (x100) over the dialogue sets run; entropy in bits of one generation.",
         f"- MIA AUC: the highest of {len(SIGNALS)} attacks ({', '.join(SIGNALS)}), forget set vs "
