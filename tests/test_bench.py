@@ -62,6 +62,18 @@ def test_unknown_methods_and_tasks_are_refused(capsys):
     assert BenchSettings(methods=" icu, ga ,icu").methods == ["icu", "ga"]
 
 
+def test_calibration_settings_reach_every_method_and_bad_ones_are_refused():
+    config = BenchSettings(calibration_quantile=0.75, calibration_stop="quantile",
+                           methods="icu,npo").unlearn_settings("npo")
+    assert (config.method, config.calibration_quantile, config.calibration_stop) == (
+        "npo", 0.75, "quantile")
+    assert BenchSettings().unlearn_settings("icu").calibration_stop == "mean"
+    with pytest.raises(UnlearnError, match="calibration_quantile"):
+        BenchSettings(calibration_quantile=1.5)
+    with pytest.raises(UnlearnError, match="calibration_stop"):
+        BenchSettings(calibration_stop="median")
+
+
 def _row(name, **values):
     return {"name": name, "role": "method", **values}
 

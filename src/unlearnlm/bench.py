@@ -95,6 +95,9 @@ class BenchSettings:
     mixed_precision: str = _setting("no", "'no', 'bf16' or 'fp16' for fine-tuning and "
                                     "unlearning (bf16 halves a CPU step where it is supported)")
     drop_rule: str = _setting("and", "IUR drop test: 'and' (paper) or 'or' (official code)")
+    calibration_quantile: float = _setting(
+        0.5, "quantile of never-seen texts' BLEU/BERTScore that a sample must score at or under "
+        "to drop (0.5: the median)")
     calibration_stop: str = _setting(
         "mean", "stop thresholds from never-seen texts' 'mean' EL/MA (Jang et al.) or their "
         "'quantile' (median, as the drop test)")
@@ -141,7 +144,8 @@ class BenchSettings:
         return UnlearnConfig(
             method=method, lr=self.lr, max_epochs=self.max_epochs, batch_size=self.batch_size,
             trainable_layers=self.trainable_layers, mixed_precision=self.mixed_precision,
-            drop_rule=self.drop_rule, calibration_stop=self.calibration_stop, seed=self.seed,
+            drop_rule=self.drop_rule, calibration_quantile=self.calibration_quantile,
+            calibration_stop=self.calibration_stop, seed=self.seed,
             prefix_tokens=self.prefix_tokens, suffix_tokens=self.suffix_tokens,
             el_every_epoch=self.el_every_epoch, guard_ppl_factor=self.guard_ppl_factor,
             overwrite=True)

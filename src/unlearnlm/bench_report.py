@@ -229,8 +229,8 @@ def _nonmembers_scored(s, data: dict) -> int:
     return count if s.limit is None else min(count, s.limit)
 
 
-def _stop_statistic(s) -> str:
-    return "mean" if s.calibration_stop == "mean" else "median"
+def _quantile_name(q: float) -> str:
+    return "median" if q == 0.5 else f"quantile {q:g}"
 
 
 def _notes(s, rows: list[dict], data: dict, models: dict) -> list[str]:
@@ -248,7 +248,9 @@ def _notes(s, rows: list[dict], data: dict, models: dict) -> list[str]:
         f"- Every method starts from the leaky model: lr {s.lr:g}, at most {s.max_epochs} epochs, "
         f"batch {s.batch_size}, drop rule '{s.drop_rule}', {len(data['pool'])} pool texts, "
         f"thresholds calibrated on {len(data['calibration'])} never-seen texts (drop test: their "
-        f"median BLEU and BERTScore; stop: their {_stop_statistic(s)} EL10 and MA).",
+        f"{_quantile_name(s.calibration_quantile)} BLEU and BERTScore; stop: their "
+        f"{_quantile_name(s.calibration_quantile) if s.calibration_stop == 'quantile' else 'mean'}"
+        f" EL10 and MA).",
         f"- Evaluation: {limit} per task. cls acc % = mean accuracy over {cls}; dia F1 = mean "
         f"unigram F1 (x100) over the dialogue sets run; entropy in bits of one generation.",
         f"- MIA AUC: the highest of {len(SIGNALS)} attacks ({', '.join(SIGNALS)}), forget set vs "
