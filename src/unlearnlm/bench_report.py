@@ -229,12 +229,10 @@ def _nonmembers_scored(s, data: dict) -> int:
     return count if s.limit is None else min(count, s.limit)
 
 
-def _quantile_name(q: float) -> str:
-    return "median" if q == 0.5 else f"quantile {q:g}"
-
-
 def _notes(s, rows: list[dict], data: dict, models: dict) -> list[str]:
     leaky = models["leaky"][1]
+    drop = "median" if s.calibration_quantile == 0.5 else f"quantile {s.calibration_quantile:g}"
+    stop = "mean" if s.calibration_stop == "mean" else drop
     included = [t for t in DOWNSTREAM if rows[0].get(f"acc_{t}") is not None]
     cls = (f"all {len(DOWNSTREAM)} downstream tasks" if len(included) == len(DOWNSTREAM)
            else f"{len(included)} of the {len(DOWNSTREAM)} downstream tasks: "
@@ -248,9 +246,7 @@ def _notes(s, rows: list[dict], data: dict, models: dict) -> list[str]:
         f"- Every method starts from the leaky model: lr {s.lr:g}, at most {s.max_epochs} epochs, "
         f"batch {s.batch_size}, drop rule '{s.drop_rule}', {len(data['pool'])} pool texts, "
         f"thresholds calibrated on {len(data['calibration'])} never-seen texts (drop test: their "
-        f"{_quantile_name(s.calibration_quantile)} BLEU and BERTScore; stop: their "
-        f"{_quantile_name(s.calibration_quantile) if s.calibration_stop == 'quantile' else 'mean'}"
-        f" EL10 and MA).",
+        f"{drop} BLEU and BERTScore; stop: their {stop} EL10 and MA).",
         f"- Evaluation: {limit} per task. cls acc % = mean accuracy over {cls}; dia F1 = mean "
         f"unigram F1 (x100) over the dialogue sets run; entropy in bits of one generation.",
         f"- MIA AUC: the highest of {len(SIGNALS)} attacks ({', '.join(SIGNALS)}), forget set vs "
