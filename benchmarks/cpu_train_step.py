@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from unlearnlm.models import load_model, train_last_layers
+from unlearnlm.lm.loading import load_model, train_last_layers
 
 
 def time_steps(setting: str, batch: int, tokens: int, repeats: int) -> float:

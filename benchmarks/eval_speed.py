@@ -4,9 +4,9 @@ process, and check that both give the same values.
 
 Samples: the forget set ``lm_extraction_32_0.csv``; each sample is the text of its last 100 GPT-2
 tokens (prefix + suffix of the benchmark), split 50/50 by the model's own tokens with
-``unlearnlm.data.split_records`` (texts under 100 model tokens are split in proportion).
+``unlearnlm.data.texts.split_records`` (texts under 100 model tokens are split in proportion).
 
-- ours: per prefix length (as ``evaluate.memorisation_scores`` groups them),
+- ours: per prefix length (as ``evaluate.suite.memorisation_scores`` groups them),
   ``memorization_accuracy`` (one teacher-forced pass) and ``extraction_likelihood`` (the exact
   shortcut); one batched ``generate_continuations`` from the prefixes (as ``forget_metrics``),
   then ``bleu_scores`` and ``bertscore_f1``.
@@ -37,16 +37,16 @@ from pathlib import Path
 
 import torch
 
-from unlearnlm.data import Record, Sample, read_records, split_records
-from unlearnlm.generation import evaluation_mode, generate_continuations
-from unlearnlm.metrics import (
+from unlearnlm.data.texts import Record, Sample, read_records, split_records
+from unlearnlm.lm.generation import evaluation_mode, generate_continuations
+from unlearnlm.lm.loading import gpt2_tokenizer_from_tiktoken, load_model
+from unlearnlm.metrics.scores import (
     bertscore_f1,
     bleu,
     bleu_scores,
     extraction_likelihood,
     memorization_accuracy,
 )
-from unlearnlm.models import gpt2_tokenizer_from_tiktoken, load_model
 from unlearnlm.paths import cache_root, data_root
 
 METRICS = ("ma", "el", "generation", "bleu", "bertscore")
@@ -93,7 +93,7 @@ def extraction_records(forget_csv: Path, count: int) -> list[Record]:
 
 def memorised_model(spec: str, records: list[Record]):
     """``spec`` fine-tuned on the records until it reproduces them (cached; not timed)."""
-    from unlearnlm.finetune import finetune
+    from unlearnlm.train.finetune import finetune
 
     name = f"eval-speed-{Path(spec).name}-{len(records)}"
     out = cache_root() / "benchmarks" / name

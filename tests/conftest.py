@@ -48,7 +48,7 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer(data_dir):
-    from unlearnlm.models import gpt2_tokenizer_from_tiktoken
+    from unlearnlm.lm.loading import gpt2_tokenizer_from_tiktoken
 
     return gpt2_tokenizer_from_tiktoken(data_dir / "tokenizers" / "gpt2.tiktoken")
 
@@ -161,7 +161,7 @@ def record_files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def leaky_llama_dir(tmp_path_factory, tiny_llama_dir, record_files) -> Path:
     """The tiny Llama fine-tuned until it reproduces the forget records (suffix accuracy 1.0)."""
-    from unlearnlm.finetune import finetune
+    from unlearnlm.train.finetune import finetune
 
     out = tmp_path_factory.mktemp("leaky") / "model"
     record = finetune(

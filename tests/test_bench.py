@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import CALIBRATION_RECORDS, FORGET_RECORDS, POOL_RECORDS, write_jsonl
-from unlearnlm.bench import BenchSettings, resolve_forget_set, run_bench
-from unlearnlm.bench_report import check_claims
+from unlearnlm.bench.results import check_claims
+from unlearnlm.bench.runner import BenchSettings, resolve_forget_set, run_bench
 from unlearnlm.cli import main
 from unlearnlm.errors import UnlearnError
 
@@ -168,7 +168,7 @@ def test_bench_end_to_end_then_a_rerun_reuses_everything(
 def test_plot_labels_of_nearby_markers_do_not_overlap():
     from matplotlib.figure import Figure
 
-    from unlearnlm.bench_report import _label_lifts
+    from unlearnlm.bench.results import _label_lifts
 
     ax = Figure(figsize=(6.4, 4.4)).add_subplot()
     points = [("llmu", 7.5, 0.88), ("retain", 9.3, 0.89), ("dpo", 6.0, 0.97), ("kl", 0.0, 300.0)]

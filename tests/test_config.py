@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from unlearnlm.config import UnlearnConfig
 from unlearnlm.errors import UnlearnError
+from unlearnlm.settings import UnlearnConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 

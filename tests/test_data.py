@@ -1,4 +1,4 @@
-"""Tests for unlearnlm.data: reading forget/pool files and splitting them by tokens."""
+"""Tests for unlearnlm.data.texts: reading forget/pool files and splitting them by tokens."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import build_tiny_llama_tokenizer
-from unlearnlm.data import (
+from unlearnlm.data.texts import (
     Record,
     Sample,
     file_sha256,
@@ -289,7 +289,7 @@ def test_long_text_keeps_the_last_window(tokenizer):
 
 def test_exact_window_keeps_the_text(tokenizer, caplog):
     ids = ids_of(tokenizer, LONG_TEXT)
-    with caplog.at_level(logging.WARNING, logger="unlearnlm.data"):
+    with caplog.at_level(logging.WARNING, logger="unlearnlm.data.texts"):
         (sample,) = split_records([Record("r", LONG_TEXT)], tokenizer, len(ids) - 7, 7)
     assert sample == Sample("r", LONG_TEXT, ids[:-7], ids[-7:])
     assert not caplog.records
@@ -310,9 +310,9 @@ def test_short_texts_split_in_proportion_with_one_warning(tokenizer, caplog):
     prefix_tokens, suffix_tokens = 4, 200
     assert prefix_tokens < n_shorter <= n_short < prefix_tokens + suffix_tokens
     records = [Record("a", short), Record("b", LONG_TEXT * 3), Record("c", shorter)]
-    with caplog.at_level(logging.WARNING, logger="unlearnlm.data"):
+    with caplog.at_level(logging.WARNING, logger="unlearnlm.data.texts"):
         samples = split_records(records, tokenizer, prefix_tokens, suffix_tokens, role="pool")
-    warnings = [r for r in caplog.records if r.name == "unlearnlm.data"]
+    warnings = [r for r in caplog.records if r.name == "unlearnlm.data.texts"]
     assert len(warnings) == 1
     assert "2 of 3 pool samples" in warnings[0].getMessage()
     for sample, n in ((samples[0], n_short), (samples[2], n_shorter)):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from unlearnlm.data.records import fake_records, leaked_fields, record_text
 from unlearnlm.demo import DemoSettings, run_demo
-from unlearnlm.records import fake_records, leaked_fields, record_text
 
 
 def test_leaked_fields_marks_exact_matches_only():

@@ -9,17 +9,10 @@ import pytest
 
 from conftest import FORGET_RECORDS
 from unlearnlm.cli import main
-from unlearnlm.data import Record, split_records
-from unlearnlm.downstream import (
-    choice_accuracy,
-    continuation_scores,
-    normalize_answer,
-    pick_choice,
-    unigram_f1,
-)
+from unlearnlm.data.eval_sets import ChoiceItem
+from unlearnlm.data.texts import Record, split_records
 from unlearnlm.errors import UnlearnError
-from unlearnlm.eval_data import ChoiceItem
-from unlearnlm.evaluate import (
+from unlearnlm.evaluate.suite import (
     TASKS,
     _run_task,
     evaluate,
@@ -27,11 +20,18 @@ from unlearnlm.evaluate import (
     resolve_tasks,
     write_results,
 )
+from unlearnlm.evaluate.tasks import (
+    choice_accuracy,
+    continuation_scores,
+    normalize_answer,
+    pick_choice,
+    unigram_f1,
+)
 
 
 @pytest.fixture(scope="module")
 def tiny_neo(tiny_gptneo_dir):
-    from unlearnlm.models import load_model
+    from unlearnlm.lm.loading import load_model
 
     model, tokenizer, _ = load_model(str(tiny_gptneo_dir))
     return model, tokenizer
@@ -70,7 +70,7 @@ def test_forget_metrics_in_range(tiny_neo):
 def test_pick_choice_on_controlled_log_probs():
     """acc picks the highest sum; acc_norm the highest per character: -6/3 = -2 beats -4/1.
     The joining space does not count: " ab" and "ab" are 2 characters, " é" is 1."""
-    from unlearnlm.downstream import choice_length
+    from unlearnlm.evaluate.tasks import choice_length
 
     assert [choice_length(c) for c in (" ab", "ab", " é", "  x")] == [2, 2, 1, 2]
     assert pick_choice([-4.0, -6.0]) == 0
@@ -80,7 +80,7 @@ def test_pick_choice_on_controlled_log_probs():
 
 def test_choice_scorer_prefers_what_the_model_memorised(leaky_llama_dir):
     """The leaky Llama memorised "Bob Jones lives at 12 Station Road and works as a nurse."."""
-    from unlearnlm.models import load_model
+    from unlearnlm.lm.loading import load_model
 
     model, tokenizer, _ = load_model(str(leaky_llama_dir))
     context = "Bob Jones lives at 12 Station Road and works as a"

@@ -1,4 +1,4 @@
-"""Tests for unlearnlm.generation: batched greedy/beam generation from token-id prefixes.
+"""Tests for unlearnlm.lm.generation: batched greedy/beam generation from token-id prefixes.
 
 Expected values come from ``lookup_model``, a real 1-layer Llama whose weights are set so that the
 next-token logits depend only on the current token (logit ln 7 for ``table[a]``, 0 for the other
@@ -15,7 +15,7 @@ import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from unlearnlm.errors import UnlearnError
-from unlearnlm.generation import generate_continuations
+from unlearnlm.lm.generation import generate_continuations
 
 VOCAB = 8
 NEXT = [(a + 1) % VOCAB for a in range(VOCAB)]  # after token a the lookup model predicts a + 1

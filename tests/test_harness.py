@@ -17,10 +17,12 @@ import sys
 import pytest
 import torch
 
-from unlearnlm import downstream, eval_data
+from unlearnlm.data import eval_sets as eval_data
+from unlearnlm.data.eval_sets import ChoiceItem
 from unlearnlm.errors import UnlearnError
-from unlearnlm.eval_data import ChoiceItem
-from unlearnlm.evaluate import context_limit, evaluate
+from unlearnlm.evaluate import evaluate
+from unlearnlm.evaluate import tasks as downstream
+from unlearnlm.lm.generation import context_limit
 
 LIMIT = 24
 SAME_PROMPT = ("arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "mathqa")
@@ -31,7 +33,7 @@ LL_TOLERANCE = 1e-3  # float noise of differently padded batches is ~1e-5
 def harness(data_dir):
     import lm_eval  # noqa: F401 - part of the dev extra, so these tests run, never skip
 
-    from unlearnlm import harness
+    from unlearnlm.evaluate import harness
 
     return harness
 
@@ -151,7 +153,7 @@ def test_cli_eval_backend_harness(harness, tiny_llama_dir, tmp_path, capsys):
 
 
 def test_unknown_backend_and_non_harness_task():
-    from unlearnlm import harness
+    from unlearnlm.evaluate import harness
 
     with pytest.raises(UnlearnError, match="unknown backend"):
         harness.backend_runner("vllm")
@@ -160,8 +162,8 @@ def test_unknown_backend_and_non_harness_task():
 
 
 def test_missing_lm_eval_names_the_extra(monkeypatch, tmp_path, capsys):
-    from unlearnlm import harness
     from unlearnlm.cli import main
+    from unlearnlm.evaluate import harness
 
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval raises ImportError
     with pytest.raises(UnlearnError, match=r"unlearnlm\[harness\]"):

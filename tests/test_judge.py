@@ -14,11 +14,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from conftest import FORGET_RECORDS
-from unlearnlm import judge as judge_module
 from unlearnlm.cli import main
-from unlearnlm.data import Record, split_records
+from unlearnlm.data.texts import Record, split_records
 from unlearnlm.errors import UnlearnError
-from unlearnlm.judge import JudgeSettings, judge_samples, parse_verdict, summarize_verdicts
+from unlearnlm.evaluate import judge as judge_module
+from unlearnlm.evaluate.judge import JudgeSettings, judge_samples, parse_verdict, summarize_verdicts
 
 REPLIES = {  # marker in the prompt -> (HTTP status, message content)
     "JSON-MARKER": (200, 'Sure. ```json\n{"score": 8, "reason": "no names or numbers"}\n```'),
@@ -176,8 +176,8 @@ def test_judge_flags_are_checked(tmp_path, capsys):
 def test_evaluate_adds_judge_scores_to_the_forget_task(server, tiny_gptneo_dir, one_torch_thread):
     """Replies by forget record: Leeds 2, phone 10 (default), Station Road 4, lazy dog no score:
     mean (2 + 10 + 4) / 3, one failure."""
-    from unlearnlm.evaluate import evaluate
-    from unlearnlm.models import load_model
+    from unlearnlm.evaluate.suite import evaluate
+    from unlearnlm.lm.loading import load_model
 
     model, tokenizer, _ = load_model(str(tiny_gptneo_dir))
     samples = split_records([Record(str(i), t) for i, t in enumerate(FORGET_RECORDS)], tokenizer,

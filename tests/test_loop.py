@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from unlearnlm import UnlearnConfig, unlearn
 from unlearnlm.errors import UnlearnError
-from unlearnlm.models import weights_sha256
+from unlearnlm.lm.loading import weights_sha256
 
 TINY = dict(prefix_tokens=4, suffix_tokens=None, batch_size=2)
 
@@ -156,7 +156,8 @@ def test_distinct_targets_drop_bigrams_shared_with_the_partner():
     """forget [5, 6, 7, 8, 9], targets from position 2: tokens 7, 8, 9 with bigrams (6, 7),
     (7, 8), (8, 9). The partner [1, 6, 7, 3, 8, 9] holds (6, 7) and (8, 9), so only the target
     at position 3 (token 8 after 7) stays: mask [0, 0, 0, 1, 0]; padding stays unmarked."""
-    from unlearnlm.loop import collate, keep_distinct_targets
+    from unlearnlm.data.batches import collate
+    from unlearnlm.train.unlearn import keep_distinct_targets
 
     batch = collate([[5, 6, 7, 8, 9], [5, 6]], [2, 1], pad_token_id=0, device="cpu")
     keep_distinct_targets(batch, [[1, 6, 7, 3, 8, 9], [4, 4]])
@@ -166,8 +167,8 @@ def test_distinct_targets_drop_bigrams_shared_with_the_partner():
 def test_calibrated_thresholds_hold_at_equality_fixed_ones_do_not():
     """The median never-seen BLEU-4 and EL_10 are often exactly 0: a calibrated threshold of 0
     must still let a sample that scores 0 drop and a forget set at EL 0 stop."""
-    from unlearnlm.loop import _stop_reason
-    from unlearnlm.scoring import Thresholds, is_forgotten
+    from unlearnlm.train.scoring import Thresholds, is_forgotten
+    from unlearnlm.train.unlearn import _stop_reason
 
     calibrated = Thresholds(bleu=0.0, bertscore=0.5, el=0.0, ma=0.46, inclusive=True)
     fixed = Thresholds(bleu=0.0, bertscore=0.5, el=0.0, ma=0.46)
@@ -209,9 +210,9 @@ def test_calibrated_stop_uses_the_mean_and_the_drop_test_the_quantile(leaky_llam
     Calibrating on 2 memorised + 3 unseen texts makes mean and median differ."""
     import numpy as np
 
-    from unlearnlm.data import read_records, split_records
-    from unlearnlm.models import load_model
-    from unlearnlm.scoring import calibrate, generation_scores, memorisation_scores
+    from unlearnlm.data.texts import read_records, split_records
+    from unlearnlm.lm.loading import load_model
+    from unlearnlm.train.scoring import calibrate, generation_scores, memorisation_scores
 
     model, tokenizer, _ = load_model(str(leaky_llama_dir))
     records = (read_records(record_files["forget"])[:2]

@@ -9,9 +9,8 @@ import random
 import pytest
 import torch
 
-from unlearnlm.data import Sample
-from unlearnlm.loop import completion_batch
-from unlearnlm.losses import (
+from unlearnlm.data.texts import Sample
+from unlearnlm.methods.losses import (
     LOSS_TERMS,
     METHODS,
     combined_loss,
@@ -23,6 +22,7 @@ from unlearnlm.losses import (
     sequence_logprobs,
     token_logprobs,
 )
+from unlearnlm.train.unlearn import completion_batch
 
 
 def test_nll_matches_hand_computation():

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from conftest import write_jsonl
 from unlearnlm import unlearn
 from unlearnlm.errors import UnlearnError
-from unlearnlm.losses import METHODS
+from unlearnlm.methods.losses import METHODS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

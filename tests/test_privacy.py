@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import CALIBRATION_RECORDS, FORGET_RECORDS, POOL_RECORDS
-from unlearnlm.data import Record, split_records
+from unlearnlm.data.texts import Record, split_records
 from unlearnlm.errors import UnlearnError
-from unlearnlm.privacy import (
+from unlearnlm.evaluate.privacy import (
     SIGNALS,
     auc,
     forgetting_verdict,
@@ -57,7 +57,7 @@ def test_min_k_plus_plus_by_hand():
 
 def test_leaky_model_is_caught(leaky_llama_dir):
     """The tiny Llama memorised FORGET_RECORDS; fresh records of the same style are non-members."""
-    from unlearnlm.models import load_model
+    from unlearnlm.lm.loading import load_model
 
     model, tokenizer, _ = load_model(str(leaky_llama_dir))
     members = split_records(_records(FORGET_RECORDS), tokenizer, 4, None)
@@ -73,8 +73,8 @@ def test_leaky_model_is_caught(leaky_llama_dir):
 
 def test_unseen_text_scores_near_chance(tiny_gptneo_dir):
     """Two halves of one list of WikiText sentences, both unseen by a random model: AUC ~ 0.5."""
-    from unlearnlm.eval_data import corpus_texts
-    from unlearnlm.models import load_model
+    from unlearnlm.data.eval_sets import corpus_texts
+    from unlearnlm.lm.loading import load_model
 
     model, tokenizer, _ = load_model(str(tiny_gptneo_dir))
     sentences = [s.strip() + " ." for doc in corpus_texts("wikitext", 30)

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from unlearnlm import unlearn
-from unlearnlm.checkpoint import CHECKPOINT, partial_dir
 from unlearnlm.errors import UnlearnError
+from unlearnlm.train.checkpoint import CHECKPOINT, partial_dir
 
 TINY = dict(prefix_tokens=4, suffix_tokens=None, batch_size=2)
 
@@ -100,7 +100,7 @@ def test_collapse_rules_each_fire():
     the negated NLL, so -(-20) = 20 > 15), and a probe perplexity past factor x start."""
     from types import SimpleNamespace
 
-    from unlearnlm.loop import _collapse
+    from unlearnlm.train.unlearn import _collapse
 
     config = SimpleNamespace(guard_forget_nll=15.0, guard_ppl_factor=2.0)
     assert "non-finite" in _collapse({"total": float("nan")}, 10.0, 10.0, config)

@@ -11,7 +11,7 @@ import pytest
 
 from unlearnlm import cli
 from unlearnlm.errors import UnlearnError
-from unlearnlm.report import build_report
+from unlearnlm.report.run import build_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

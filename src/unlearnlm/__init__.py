@@ -8,11 +8,11 @@ __all__ = ["unlearn", "UnlearnConfig", "UnlearnError"]
 def __getattr__(name: str):
     """Import the heavy parts (torch, transformers) only when used."""
     if name == "unlearn":
-        from unlearnlm.loop import unlearn
+        from unlearnlm.train.unlearn import unlearn
 
         return unlearn
     if name == "UnlearnConfig":
-        from unlearnlm.config import UnlearnConfig
+        from unlearnlm.settings import UnlearnConfig
 
         return UnlearnConfig
     if name == "UnlearnError":

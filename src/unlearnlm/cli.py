@@ -1,6 +1,6 @@
 """The ``unlearnlm`` command: ``unlearn`` and ``methods`` (see ``unlearnlm -h``).
 
-Every field of :class:`~unlearnlm.config.UnlearnConfig` is a flag of ``unlearn`` (``lr`` is
+Every field of :class:`~unlearnlm.settings.UnlearnConfig` is a flag of ``unlearn`` (``lr`` is
 ``--lr``, ``prefix_tokens`` is ``--prefix-tokens``); flags override ``--config FILE.yaml``, which
 overrides the defaults. Bad input exits with status 2 and one line on stderr.
 """
@@ -14,8 +14,8 @@ import logging
 import os
 import sys
 
-from unlearnlm.config import UnlearnConfig
 from unlearnlm.errors import UnlearnError
+from unlearnlm.settings import UnlearnConfig
 
 log = logging.getLogger("unlearnlm")
 
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_unlearn(args: argparse.Namespace) -> int:
-    from unlearnlm.loop import unlearn
+    from unlearnlm.train.unlearn import unlearn
 
     if args.resume:
         record = unlearn(resume=args.resume)
@@ -176,7 +176,7 @@ def _print_done(record: dict) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from unlearnlm.finetune import finetune
+    from unlearnlm.train.finetune import finetune
 
     record = finetune(
         args.model, args.data, args.out, max_epochs=args.max_epochs, lr=args.lr,
@@ -199,20 +199,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from unlearnlm.data import read_records, split_records
-    from unlearnlm.evaluate import (
+    from unlearnlm.data.texts import read_records, split_records
+    from unlearnlm.evaluate.suite import (
         aggregate_table,
         evaluate,
         extraction_nonmembers,
         plan_tasks,
         write_results,
     )
-    from unlearnlm.models import load_model
+    from unlearnlm.lm.loading import load_model
 
     tasks = plan_tasks(args.tasks, has_forget=bool(args.forget))
     judge = _judge_settings(args, tasks)
     if args.backend == "harness":
-        from unlearnlm.harness import require_lm_eval
+        from unlearnlm.evaluate.harness import require_lm_eval
 
         require_lm_eval()  # before the model loads
     forget = read_records(args.forget, role="forget") if args.forget else None
@@ -244,7 +244,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _judge_settings(args: argparse.Namespace, tasks: list[str]):
     """The LLM judge of ``eval`` from the --judge-* flags, or None without --judge-url."""
-    from unlearnlm.judge import JudgeSettings
+    from unlearnlm.evaluate.judge import JudgeSettings
 
     if not args.judge_url:
         if args.judge_model or args.judge_key_env:
@@ -261,7 +261,7 @@ def _judge_settings(args: argparse.Namespace, tasks: list[str]):
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from unlearnlm.report import build_report
+    from unlearnlm.report.run import build_report
 
     paths = build_report(args.run_dir, before=args.before, after=args.after,
                          retain=args.retain, out=args.out)
@@ -276,7 +276,7 @@ def _float_or_null(value: str) -> float | None:
 
 def add_bench_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per BenchSettings field; a flag left out keeps the field's default."""
-    from unlearnlm.bench import BenchSettings
+    from unlearnlm.bench.runner import BenchSettings
 
     defaults = BenchSettings.__dataclass_fields__
     for f in dataclasses.fields(BenchSettings):
@@ -295,8 +295,8 @@ def add_bench_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from unlearnlm.bench import BenchSettings, run_bench
-    from unlearnlm.bench_report import table_markdown
+    from unlearnlm.bench.results import table_markdown
+    from unlearnlm.bench.runner import BenchSettings, run_bench
 
     names = [f.name for f in dataclasses.fields(BenchSettings)]
     results = run_bench(BenchSettings(**{n: getattr(args, n) for n in names if hasattr(args, n)}))
@@ -309,7 +309,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from unlearnlm.losses import METHODS
+    from unlearnlm.methods.losses import METHODS
 
     for name, method in METHODS.items():
         weights = json.dumps(method.weights)

@@ -23,19 +23,16 @@ from pathlib import Path
 
 import torch
 
-from unlearnlm.generation import generate_continuations
-from unlearnlm.records import PRIVATE_FIELDS, fake_records, leaked_fields, write_records
+from unlearnlm.data.records import (
+    FLUENCY_PROMPTS,
+    PRIVATE_FIELDS,
+    fake_records,
+    leaked_fields,
+    write_records,
+)
+from unlearnlm.lm.generation import generate_continuations
 
 log = logging.getLogger(__name__)
-
-FLUENCY_PROMPTS = [
-    "The capital of France is",
-    "Water boils at a temperature of",
-    "The best way to learn a new language is",
-    "In 1969, the first astronauts",
-    "A healthy breakfast usually includes",
-]
-
 
 @dataclass
 class DemoSettings:
@@ -85,8 +82,8 @@ def make_data(out: Path, s: DemoSettings) -> dict[str, list[dict]]:
 
 def leaky_model(out: Path, s: DemoSettings, train_file: Path) -> tuple[Path, dict]:
     """Fine-tune the base model on the training records, or reuse the cached result."""
-    from unlearnlm.finetune import finetune
     from unlearnlm.paths import cache_root
+    from unlearnlm.train.finetune import finetune
 
     key = hashlib.sha256(
         json.dumps([s.model, s.seed, s.forget, s.keep, s.finetune_lr, s.finetune_epochs,
@@ -126,7 +123,7 @@ def probe(model, tokenizer, records: list[dict], mixed_precision: str) -> list[d
 
 def fluency(model, tokenizer, s: DemoSettings) -> dict:
     """Continuations of fixed general prompts, and WikiText perplexity on a small sample."""
-    from unlearnlm.metrics import perplexity
+    from unlearnlm.metrics.scores import perplexity
 
     prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in FLUENCY_PROMPTS]
     with _autocast(s.mixed_precision):
@@ -205,9 +202,9 @@ def _show_state(title: str, state: dict, s: DemoSettings) -> None:
 
 def run_demo(out: str | Path, settings: DemoSettings | None = None) -> dict:
     """The whole demo; returns a summary and writes data/, model/, report.md, summary.json."""
-    from unlearnlm.loop import unlearn
-    from unlearnlm.models import load_model
-    from unlearnlm.report_demo import write_demo_report
+    from unlearnlm.lm.loading import load_model
+    from unlearnlm.report.demo import write_demo_report
+    from unlearnlm.train.unlearn import unlearn
 
     s = settings or DemoSettings()
     out = Path(out)

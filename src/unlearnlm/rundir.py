@@ -24,14 +24,14 @@ def environment_versions() -> dict[str, str]:
     import torch
     import transformers
 
-    import unlearnlm
+    from unlearnlm import __version__
 
     return {
         "python": platform.python_version(),
         "torch": str(torch.__version__),
         "transformers": str(transformers.__version__),
         "accelerate": str(accelerate.__version__),
-        "unlearnlm": unlearnlm.__version__,
+        "unlearnlm": __version__,
         "platform": platform.platform(),
     }
 

@@ -28,10 +28,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from unlearnlm.data import Sample
+from unlearnlm.data.batches import right_padded_batches
+from unlearnlm.data.texts import Sample
 from unlearnlm.errors import UnlearnError
-from unlearnlm.generation import evaluation_mode, model_device
-from unlearnlm.metrics import _right_padded_batches
+from unlearnlm.lm.generation import evaluation_mode, model_device
 
 MIN_K = 0.2
 # signal name -> whether a HIGHER score means "more likely a member"
@@ -78,7 +78,7 @@ def token_scores(
         raise UnlearnError(f"membership scores need 2 or more tokens; sequence {short[0]} has less")
     results: list[tuple[list[float], list[float]]] = [([], []) for _ in sequences]
     with evaluation_mode(model), torch.inference_mode():
-        for chunk, input_ids, mask in _right_padded_batches(
+        for chunk, input_ids, mask in right_padded_batches(
             sequences, batch_size, model_device(model)
         ):
             logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits

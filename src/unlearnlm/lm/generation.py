@@ -6,7 +6,8 @@ first, to waste little on padding), runs plain greedy or beam search through the
 
 Greedy here means argmax at every step and nothing else: a model's saved generation settings
 (sampling, repetition penalties, banned n-grams) are switched off explicitly, because the exact
-shortcut of ``metrics.extraction_likelihood`` relies on greedy being the teacher-forced argmax.
+shortcut of ``metrics.scores.extraction_likelihood`` relies on greedy being the teacher-forced
+argmax. ``context_limit`` gives the longest input a model takes.
 """
 
 from __future__ import annotations
@@ -128,3 +129,10 @@ def generate_continuations(
             for index, tokens in zip(chunk, new_tokens, strict=True):
                 results[index] = _cut_at_eos(tokens, eos_token_id)
     return results
+
+
+def context_limit(model, cap: int = 1024) -> int:
+    """The longest input the model takes (its position limit), at most ``cap``."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 0)
+    return min(int(limit), cap) if limit else cap

@@ -106,7 +106,7 @@ class UnlearnConfig:
     trust_remote_code: bool = _f(False, "allow model code from the model directory or hub")
 
     def __post_init__(self) -> None:
-        from unlearnlm.losses import LOSS_TERMS, METHODS
+        from unlearnlm.methods.losses import LOSS_TERMS, METHODS
 
         if self.method not in METHODS:
             raise UnlearnError(

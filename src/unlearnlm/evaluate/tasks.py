@@ -24,9 +24,10 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from unlearnlm.eval_data import ChoiceItem
-from unlearnlm.generation import evaluation_mode, generate_continuations, model_device
-from unlearnlm.metrics import _right_padded_batches, mean
+from unlearnlm.data.batches import right_padded_batches
+from unlearnlm.data.eval_sets import ChoiceItem
+from unlearnlm.lm.generation import evaluation_mode, generate_continuations, model_device
+from unlearnlm.metrics.scores import mean
 
 
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -53,7 +54,7 @@ def continuation_scores(
                  for c, k in zip(contexts, continuations, strict=True)]
     results: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
     with evaluation_mode(model), torch.inference_mode():
-        for chunk, input_ids, mask in _right_padded_batches(
+        for chunk, input_ids, mask in right_padded_batches(
             sequences, batch_size, model_device(model)
         ):
             logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits

@@ -15,10 +15,11 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from unlearnlm.data import Sample, file_sha256, read_records, split_records
+from unlearnlm.data.batches import collate
+from unlearnlm.data.texts import Sample, file_sha256, read_records, split_records
 from unlearnlm.errors import UnlearnError
-from unlearnlm.losses import nll
-from unlearnlm.models import load_model, train_last_layers
+from unlearnlm.lm.loading import load_model, train_last_layers
+from unlearnlm.methods.losses import nll
 from unlearnlm.rundir import RunDir, environment_versions
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,6 @@ def suffix_accuracy(
     model, samples: list[Sample], pad_token_id: int, batch_size: int = 16
 ) -> list[float]:
     """Per sample: share of suffix tokens the model predicts exactly (teacher forcing)."""
-    from unlearnlm.loop import collate
 
     device = next(model.parameters()).device
     out: list[float] = []
@@ -114,7 +114,6 @@ def finetune(
 
 
 def _epoch(model, optimizer, accelerator, samples, batch_size, rng, pad, progress, epoch) -> float:
-    from unlearnlm.loop import collate
 
     model.train()
     order = list(range(len(samples)))

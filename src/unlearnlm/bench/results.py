@@ -22,8 +22,8 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from unlearnlm.eval_data import CHOICE_TASKS, DIALOGUE_SETS
-from unlearnlm.privacy import SIGNALS
+from unlearnlm.data.eval_sets import CHOICE_TASKS, DIALOGUE_SETS
+from unlearnlm.evaluate.privacy import SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +355,7 @@ def _write_text(path: Path, text: str) -> None:
 def write_results_files(out: Path, s, data: dict, models: dict, runs: dict,
                         evals: dict) -> dict:
     """Build the rows and claims and write the four result files; returns results.json's data."""
-    from unlearnlm.data import texts_sha256
+    from unlearnlm.data.texts import texts_sha256
     from unlearnlm.rundir import environment_versions, write_json
 
     rows = build_rows(models, runs, evals)

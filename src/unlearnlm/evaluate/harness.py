@@ -10,7 +10,7 @@ Nothing is read from the Hugging Face hub.
 
 Settings that make it score what ``downstream`` scores: zero-shot, no BOS token added
 (``add_bos_token=False``), batch size 8, and ``max_length`` one less than our window
-(``evaluate.context_limit``): the harness keeps the last ``max_length + 1`` tokens of context +
+(``lm.generation.context_limit``): the harness keeps the last ``max_length + 1`` tokens of context +
 continuation and feeds all but the last, so both condition on the same tokens. No global random
 generator is reseeded (the harness's seeds are passed as None).
 
@@ -48,8 +48,8 @@ from pathlib import Path
 
 import yaml
 
+from unlearnlm.data.eval_sets import eval_dir
 from unlearnlm.errors import UnlearnError
-from unlearnlm.eval_data import eval_dir
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +196,10 @@ def harness_accuracy(
 ) -> dict:
     """Score one task of ``HARNESS_TASKS`` with lm-evaluation-harness on the in-memory model.
 
-    Returns the shape of ``downstream.choice_accuracy``: ``{"aggregate": {"acc", "acc_norm",
+    Returns the shape of ``tasks.choice_accuracy``: ``{"aggregate": {"acc", "acc_norm",
     "n"}, "samples": [...], "harness": {...}}``; for ``lambada``, ``acc`` (greedy last word),
     ``log_likelihood`` (mean over passages) and ``perplexity`` (the harness's, exp of minus that
-    mean). ``max_tokens``: our window (default ``evaluate.context_limit(model)``).
+    mean). ``max_tokens``: our window (default ``lm.generation.context_limit(model)``).
     """
     if task_name not in HARNESS_TASKS:
         raise UnlearnError(f"task {task_name!r} has no harness definition here; harness tasks: "
@@ -210,8 +210,7 @@ def harness_accuracy(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from unlearnlm.evaluate import context_limit
-    from unlearnlm.generation import evaluation_mode
+    from unlearnlm.lm.generation import context_limit, evaluation_mode
 
     window = max_tokens or context_limit(model)
     chatty = logging.getLogger("lm_eval")  # its INFO lines (task listing, seeds) every call

@@ -25,7 +25,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from unlearnlm.checkpoint import (
+from unlearnlm.data.batches import collate
+from unlearnlm.data.neighbors import pair_analogous
+from unlearnlm.data.texts import Sample, file_sha256, read_records, split_records
+from unlearnlm.errors import UnlearnError
+from unlearnlm.lm.loading import load_model, train_last_layers, weights_sha256
+from unlearnlm.methods.losses import METHODS, batches_needed, combined_loss, needs_reference
+from unlearnlm.metrics.scores import perplexity
+from unlearnlm.rundir import RunDir, environment_versions
+from unlearnlm.settings import UnlearnConfig
+from unlearnlm.train.checkpoint import (
     load_checkpoint,
     load_trainable_state,
     remove_partial,
@@ -33,15 +42,7 @@ from unlearnlm.checkpoint import (
     save_checkpoint,
     snapshot,
 )
-from unlearnlm.config import UnlearnConfig
-from unlearnlm.data import Sample, file_sha256, read_records, split_records
-from unlearnlm.errors import UnlearnError
-from unlearnlm.losses import METHODS, batches_needed, combined_loss, needs_reference
-from unlearnlm.metrics import perplexity
-from unlearnlm.models import load_model, train_last_layers, weights_sha256
-from unlearnlm.neighbors import pair_analogous
-from unlearnlm.rundir import RunDir, environment_versions
-from unlearnlm.scoring import (
+from unlearnlm.train.scoring import (
     Thresholds,
     calibrate,
     el_scores,
@@ -347,7 +348,7 @@ def _pair(config, records, tokenizer, forget: list[Sample]) -> tuple[list[list[i
 
 
 def _embedder(model_dir: str | None):
-    from unlearnlm.neighbors import embed_texts
+    from unlearnlm.data.neighbors import embed_texts
 
     return lambda texts: embed_texts(texts, model_dir=model_dir)
 
@@ -442,25 +443,6 @@ def _thresholds(config, records, accelerator, model, tokenizer) -> Thresholds:
     log.info("Calibrating thresholds on %d never-seen texts", len(samples))
     with accelerator.autocast():
         return calibrate(model, tokenizer, samples, config, str(config.calibrate_on))
-
-
-def collate(
-    sequences: list[list[int]], starts: list[int], pad_token_id: int, device
-) -> dict[str, torch.Tensor]:
-    """Right-padded batch; ``loss_mask`` marks targets at positions >= start (and >= 1)."""
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    loss_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, (seq, start) in enumerate(zip(sequences, starts)):
-        input_ids[row, : len(seq)] = torch.tensor(seq)
-        attention_mask[row, : len(seq)] = 1
-        loss_mask[row, max(start, 1) : len(seq)] = 1
-    return {
-        "input_ids": input_ids.to(device),
-        "attention_mask": attention_mask.to(device),
-        "loss_mask": loss_mask.to(device),
-    }
 
 
 def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:

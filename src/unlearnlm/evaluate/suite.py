@@ -9,13 +9,13 @@ tasks and returns ``{"tasks": {name: {"aggregate": {...}, "samples": [...]}}, ..
   With non-member samples given, the same metrics on them and ``privacy.forgetting_verdict``.
 - ``ppl_pile``, ``ppl_wikitext``: corpus perplexity, each document capped at 512 tokens.
 - ``lambada``, ``hellaswag``, ``winogrande``, ``copa``, ``arc_easy``, ``arc_challenge``, ``piqa``,
-  ``mathqa``, ``pubmedqa``: zero-shot accuracy (see ``downstream`` and ``eval_data``).
-- ``dialogue`` (all four sets) or one of ``eval_data.DIALOGUE_SETS``: dialogue unigram F1.
+  ``mathqa``, ``pubmedqa``: zero-shot accuracy (see ``evaluate.tasks`` and ``data.eval_sets``).
+- ``dialogue`` (all four sets) or one of ``eval_sets.DIALOGUE_SETS``: dialogue unigram F1.
 - ``mia``: membership-inference AUCs, forget set vs non-members (``privacy.membership_audit``).
 
 With ``judge=JudgeSettings(...)``, an LLM judge also scores each forget-set generation 0-10
 (``judge_score``, ``judge_reason`` per sample; the mean ``judge_score`` and the number of replies
-without a score, ``judge_failures``, in the aggregate); see ``unlearnlm.judge``.
+without a score, ``judge_failures``, in the aggregate); see ``unlearnlm.evaluate.judge``.
 
 ``limit`` caps the documents / questions / non-member samples of every task (not the forget set).
 """
@@ -28,12 +28,14 @@ import os
 import tempfile
 from pathlib import Path
 
-from unlearnlm import downstream, eval_data, privacy
-from unlearnlm.data import Record, Sample
+from unlearnlm.data import eval_sets
+from unlearnlm.data.texts import Record, Sample
 from unlearnlm.errors import UnlearnError
-from unlearnlm.generation import generate_continuations
-from unlearnlm.judge import JudgeSettings, judge_samples, summarize_verdicts
-from unlearnlm.metrics import (
+from unlearnlm.evaluate import privacy
+from unlearnlm.evaluate.judge import JudgeSettings, judge_samples, summarize_verdicts
+from unlearnlm.evaluate.tasks import choice_accuracy, dialogue_f1, lambada_accuracy
+from unlearnlm.lm.generation import context_limit, generate_continuations
+from unlearnlm.metrics.scores import (
     bertscore_f1,
     bleu_scores,
     extraction_likelihood,
@@ -47,9 +49,9 @@ from unlearnlm.paths import data_root
 log = logging.getLogger(__name__)
 
 PPL_DOC_TOKENS = 512
-TASKS = ("forget", "ppl_pile", "ppl_wikitext", "lambada", *eval_data.CHOICE_TASKS, "dialogue",
-         *eval_data.DIALOGUE_SETS, "mia")
-DEFAULT_TASKS = tuple(t for t in TASKS if t not in eval_data.DIALOGUE_SETS)
+TASKS = ("forget", "ppl_pile", "ppl_wikitext", "lambada", *eval_sets.CHOICE_TASKS, "dialogue",
+         *eval_sets.DIALOGUE_SETS, "mia")
+DEFAULT_TASKS = tuple(t for t in TASKS if t not in eval_sets.DIALOGUE_SETS)
 
 
 def resolve_tasks(names: list[str] | None) -> list[str]:
@@ -61,17 +63,10 @@ def resolve_tasks(names: list[str] | None) -> list[str]:
         raise UnlearnError(f"{problem}; known tasks: {', '.join(TASKS)}")
     expanded = []
     for name in names:
-        for task in eval_data.DIALOGUE_SETS if name == "dialogue" else (name,):
+        for task in eval_sets.DIALOGUE_SETS if name == "dialogue" else (name,):
             if task not in expanded:
                 expanded.append(task)
     return expanded
-
-
-def context_limit(model, cap: int = 1024) -> int:
-    """The longest input the model takes (its position limit), at most ``cap``."""
-    config = model.config
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 0)
-    return min(int(limit), cap) if limit else cap
 
 
 # --- forget-set metrics ------------------------------------------------------------------------
@@ -139,7 +134,7 @@ def corpus_perplexity(model, tokenizer, corpus: str, limit: int | None) -> dict:
     """Perplexity on ``eval/{corpus}.csv``, each document's first ``PPL_DOC_TOKENS`` tokens (at
     most the model's position limit); documents under 2 tokens are skipped."""
     cap = min(PPL_DOC_TOKENS, context_limit(model))
-    texts = eval_data.corpus_texts(corpus, limit)
+    texts = eval_sets.corpus_texts(corpus, limit)
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     sequences = [list(ids)[:cap] for ids in encoded if len(ids) >= 2]
     if not sequences:
@@ -156,12 +151,12 @@ def _run_task(name: str, model, tokenizer, limit: int | None) -> dict:
     if name.startswith("ppl_"):
         return corpus_perplexity(model, tokenizer, name[4:], limit)
     if name == "lambada":
-        return downstream.lambada_accuracy(model, tokenizer, eval_data.lambada_items(limit), cap)
-    if name in eval_data.CHOICE_TASKS:
-        items = eval_data.CHOICE_TASKS[name](limit)
-        return downstream.choice_accuracy(model, tokenizer, items, cap)
-    items = eval_data.dialogue_items(name, limit)
-    return downstream.dialogue_f1(model, tokenizer, items, max_tokens=cap)
+        return lambada_accuracy(model, tokenizer, eval_sets.lambada_items(limit), cap)
+    if name in eval_sets.CHOICE_TASKS:
+        items = eval_sets.CHOICE_TASKS[name](limit)
+        return choice_accuracy(model, tokenizer, items, cap)
+    items = eval_sets.dialogue_items(name, limit)
+    return dialogue_f1(model, tokenizer, items, max_tokens=cap)
 
 
 def _privacy_tasks(model, tokenizer, tasks, forget, nonmember, el_n, judge=None) -> dict:
@@ -210,14 +205,14 @@ def evaluate(
     """Run the tasks (None = all but the per-set dialogue names, which ``dialogue`` covers);
     ``judge``: also have an LLM judge score the forget-set generations; ``backend="harness"``:
     score the tasks of ``harness.HARNESS_TASKS`` with lm-evaluation-harness instead."""
-    from unlearnlm.harness import backend_runner
+    from unlearnlm.evaluate.harness import backend_runner
 
     run_harness = backend_runner(backend)  # None for ours; fails early without lm_eval
     names = resolve_tasks(tasks)
     if limit is not None and limit < 1:
         raise UnlearnError(f"limit is {limit}; give 1 or more (or leave it out for everything)")
     if any(n not in ("forget", "mia") for n in names):
-        eval_data.eval_dir()  # fail early, naming UNLEARNLM_DATA
+        eval_sets.eval_dir()  # fail early, naming UNLEARNLM_DATA
     nonmember = nonmember[:limit] if nonmember and limit is not None else nonmember
     results = _privacy_tasks(model, tokenizer, names, forget, nonmember, el_n, judge)
     for name in names:

@@ -7,7 +7,7 @@ model before unlearning, after it, and of a model trained without the forget set
 and after, utility before and after, the privacy verdict, and the collapse guard's events. A
 part without data is left out or marked "not evaluated".
 
-The report is built as blocks (``report_plots.Report``: headings, text, tables, plots) and
+The report is built as blocks (``report.plots.Report``: headings, text, tables, plots) and
 rendered to markdown and to HTML with every plot inline, so ``report.html`` needs nothing else.
 """
 
@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from unlearnlm import report_plots as plots
 from unlearnlm.errors import UnlearnError
-from unlearnlm.report_plots import Report, fmt, write_report
+from unlearnlm.report import plots
+from unlearnlm.report.plots import Report, fmt, write_report
 
 EVAL_SIDES = ("before", "after", "retain")
 METRICS = ("ma", "el", "bleu", "bertscore")

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from unlearnlm.data import Sample
-from unlearnlm.generation import generate_continuations
-from unlearnlm.metrics import (
+from unlearnlm.data.texts import Sample
+from unlearnlm.lm.generation import generate_continuations
+from unlearnlm.metrics.scores import (
     bertscore_f1,
     bleu_scores,
     extraction_likelihood,

@@ -1,6 +1,6 @@
 """The demo's report: what leaked before and after, fluency, and the run's dynamics.
 
-One :class:`~unlearnlm.report_plots.Report` is rendered to ``report.md`` and to a self-contained
+One :class:`~unlearnlm.report.plots.Report` is rendered to ``report.md`` and to a self-contained
 ``report.html`` (the same story, plus plots); ``summary.json`` holds the numbers.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from unlearnlm import report_plots as plots
-from unlearnlm.records import PRIVATE_FIELDS
-from unlearnlm.report import dynamics_section
-from unlearnlm.report_plots import Report, write_report
+from unlearnlm.data.records import FLUENCY_PROMPTS, PRIVATE_FIELDS
+from unlearnlm.report import plots
+from unlearnlm.report.plots import Report, write_report
+from unlearnlm.report.run import dynamics_section
 from unlearnlm.rundir import write_json
 
 
@@ -81,8 +81,6 @@ def _leak_table(rows: list[dict]) -> tuple[list[str], list[list]]:
 
 
 def _prompts(report: Report, before: dict, after: dict) -> None:
-    from unlearnlm.demo import FLUENCY_PROMPTS
-
     report.heading("General prompts: before and after")
     pairs = zip(FLUENCY_PROMPTS, before["fluency"]["continuations"],
                 after["fluency"]["continuations"])

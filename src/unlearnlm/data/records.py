@@ -12,6 +12,15 @@ from pathlib import Path
 
 PRIVATE_FIELDS = ("phone", "email", "address", "id_number")
 
+# General prompts whose continuations show whether the demo model still writes fluent text.
+FLUENCY_PROMPTS = [
+    "The capital of France is",
+    "Water boils at a temperature of",
+    "The best way to learn a new language is",
+    "In 1969, the first astronauts",
+    "A healthy breakfast usually includes",
+]
+
 
 def fake_records(count: int, seed: int, start: int = 0) -> list[dict[str, str]]:
     """``count`` records from Faker (en_US), reproducible for a given seed."""

@@ -15,7 +15,7 @@ The protocol (as TOFU does it: Maini et al. 2024), step by step:
 4. Evaluation. The leaky model, the retain model and every method's result
    (``out/eval/NAME/eval.json``).
 5. Results. ``out/results.json``, ``results.csv``, ``results.md`` and
-   ``forgetting_vs_utility.png`` (see ``bench_report``).
+   ``forgetting_vs_utility.png`` (see ``bench.results``).
 
 Each step skips what an earlier run into the same ``out`` finished, so a killed bench resumes
 when the same command is run again (a method killed mid-run carries on from its last epoch).
@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unlearnlm.data import Record, read_records, texts_sha256
+from unlearnlm.data.texts import Record, read_records, texts_sha256
 from unlearnlm.errors import UnlearnError
-from unlearnlm.losses import METHODS
+from unlearnlm.methods.losses import METHODS
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _setting(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best 
 
 
 def _default_tasks() -> list[str]:
-    from unlearnlm.evaluate import DEFAULT_TASKS
+    from unlearnlm.evaluate.suite import DEFAULT_TASKS
 
     return list(DEFAULT_TASKS)
 
@@ -118,7 +118,7 @@ class BenchSettings:
     seed: int = _setting(42, "seed of the data draws, fine-tuning and unlearning")
 
     def __post_init__(self) -> None:
-        from unlearnlm.evaluate import resolve_tasks
+        from unlearnlm.evaluate.suite import resolve_tasks
 
         self.methods = _names(self.methods)
         unknown = [m for m in self.methods if m not in METHODS]
@@ -139,7 +139,7 @@ class BenchSettings:
 
     def unlearn_settings(self, method: str) -> Any:
         """The loop's settings of one method (every method gets the same ones)."""
-        from unlearnlm.config import UnlearnConfig
+        from unlearnlm.settings import UnlearnConfig
 
         return UnlearnConfig(
             method=method, lr=self.lr, max_epochs=self.max_epochs, batch_size=self.batch_size,
@@ -291,7 +291,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _model_identity(spec: str) -> str:
-    from unlearnlm.models import resolve_model, weights_sha256
+    from unlearnlm.lm.loading import resolve_model, weights_sha256
 
     source = resolve_model(spec)
     return spec if source.kind == "hub" else weights_sha256(source.path)
@@ -300,8 +300,8 @@ def _model_identity(spec: str) -> str:
 def finetuned_model(kind: str, s: BenchSettings, identity: str, texts: list[str],
                     data_file: str) -> tuple[Path, dict]:
     """The base model fine-tuned on ``texts`` (cached by a hash of everything that shapes it)."""
-    from unlearnlm.finetune import finetune
     from unlearnlm.paths import cache_root
+    from unlearnlm.train.finetune import finetune
 
     recipe = [identity, texts_sha256(texts), s.finetune_lr, s.finetune_epochs, s.finetune_target,
               s.batch_size, s.prefix_tokens, s.suffix_tokens, s.mixed_precision, s.seed,
@@ -334,8 +334,8 @@ def finetuned_model(kind: str, s: BenchSettings, identity: str, texts: list[str]
 def run_method(name: str, s: BenchSettings, leaky: Path, files: dict[str, str],
                folder: Path) -> dict:
     """Unlearn with one method from the leaky model; reuse or resume an earlier run."""
-    from unlearnlm.checkpoint import CHECKPOINT, partial_dir
-    from unlearnlm.loop import unlearn
+    from unlearnlm.train.checkpoint import CHECKPOINT, partial_dir
+    from unlearnlm.train.unlearn import unlearn
 
     timing = folder / "bench_time.json"
     if (folder / "run.json").is_file():
@@ -370,9 +370,9 @@ def run_method(name: str, s: BenchSettings, leaky: Path, files: dict[str, str],
 def evaluate_model(name: str, model_dir: Path, s: BenchSettings,
                    data: dict[str, list[Record]], folder: Path) -> dict:
     """``eval.json`` of one model; an earlier one is reused when it measured the same things."""
-    from unlearnlm.data import split_records
-    from unlearnlm.evaluate import evaluate, resolve_tasks, write_results
-    from unlearnlm.models import load_model
+    from unlearnlm.data.texts import split_records
+    from unlearnlm.evaluate.suite import evaluate, resolve_tasks, write_results
+    from unlearnlm.lm.loading import load_model
 
     tasks = resolve_tasks(s.tasks)
     stamp = {"model": str(model_dir), "tasks": tasks, "limit": s.limit,
@@ -423,7 +423,7 @@ def _check_same_settings(s: BenchSettings, out: Path) -> None:
 
 def run_bench(settings: BenchSettings | None = None) -> dict:
     """Run the whole comparison (see the module docstring); returns what results.json holds."""
-    from unlearnlm.bench_report import write_results_files
+    from unlearnlm.bench.results import write_results_files
 
     s = settings or BenchSettings()
     out = Path(s.out).expanduser().resolve()

@@ -15,13 +15,14 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from unlearnlm.data.batches import right_padded_batches
 from unlearnlm.errors import UnlearnError
-from unlearnlm.generation import evaluation_mode, generate_continuations, model_device
+from unlearnlm.lm.generation import evaluation_mode, generate_continuations, model_device
 
 
 def mean(values: Sequence[float]) -> float:
@@ -43,30 +44,11 @@ def _check_lengths(sequences: list[list[int]], shortest: int, what: str) -> None
         )
 
 
-def _right_padded_batches(
-    sequences: list[list[int]], batch_size: int, device: torch.device
-) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-    """Yield (indices, input_ids, attention_mask), similar lengths together, pads on the right."""
-    if batch_size < 1:
-        raise UnlearnError(f"batch_size is {batch_size}; give 1 or more")
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    for first in range(0, len(order), batch_size):
-        chunk = order[first : first + batch_size]
-        width = max(len(sequences[i]) for i in chunk)
-        input_ids = torch.zeros((len(chunk), width), dtype=torch.long)
-        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, index in enumerate(chunk):
-            tokens = sequences[index]
-            input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            attention_mask[row, : len(tokens)] = 1
-        yield chunk, input_ids.to(device), attention_mask.to(device)
-
-
 def next_token_argmax(model, sequences: list[list[int]], batch_size: int = 16) -> list[list[int]]:
     """Teacher-forced greedy predictions: ``out[i][t - 1] = argmax P(. | x_<t)`` for t in 1..T-1."""
     predictions: list[list[int]] = [[] for _ in sequences]
     with evaluation_mode(model), torch.inference_mode():
-        for chunk, input_ids, mask in _right_padded_batches(
+        for chunk, input_ids, mask in right_padded_batches(
             sequences, batch_size, model_device(model)
         ):
             logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
@@ -80,7 +62,7 @@ def _summed_nll(model, sequences: list[list[int]], batch_size: int) -> list[floa
     """Per sequence: the sum over t in 1..T-1 of -log P(x_t | x_<t), in float32."""
     totals = [0.0] * len(sequences)
     with evaluation_mode(model), torch.inference_mode():
-        for chunk, input_ids, mask in _right_padded_batches(
+        for chunk, input_ids, mask in right_padded_batches(
             sequences, batch_size, model_device(model)
         ):
             logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
@@ -237,7 +219,7 @@ def _prefix_caches(model, sequences: list[list[int]], device) -> list[tuple] | N
     per-layer key/value tensors (then ``_generate_for`` re-reads the prefixes instead)."""
     layers: list[tuple[list, list]] | None = None
     longest, order = max(len(s) for s in sequences), []
-    for chunk, input_ids, mask in _right_padded_batches(sequences, 16, device):
+    for chunk, input_ids, mask in right_padded_batches(sequences, 16, device):
         output = model(input_ids=input_ids, attention_mask=mask, use_cache=True)
         cache = getattr(output.past_key_values, "layers", None)
         if not cache or getattr(cache[0], "keys", None) is None:
@@ -486,7 +468,7 @@ def bertscore_f1(
     if batch_size < 1:
         raise UnlearnError(f"batch_size is {batch_size}; give 1 or more")
     if model_dir is None:
-        from unlearnlm.neighbors import default_embedder_dir
+        from unlearnlm.data.neighbors import default_embedder_dir
 
         model_dir = default_embedder_dir()
     device = "cuda" if torch.cuda.is_available() else "cpu"

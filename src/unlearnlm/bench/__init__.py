@@ -1,0 +1,1 @@
+"""Benchmark protocol (runner) and its results: tables, claims, plot."""

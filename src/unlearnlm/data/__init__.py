@@ -1,0 +1,1 @@
+"""Inputs: reading and splitting texts, neighbours, evaluation sets, demo records, batching."""

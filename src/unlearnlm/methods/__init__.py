@@ -1,0 +1,1 @@
+"""Unlearning methods: pure loss terms, and methods as weights of those terms."""

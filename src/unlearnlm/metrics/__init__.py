@@ -1,0 +1,1 @@
+"""Per-sample metrics: MA, EL_n, BLEU, BERTScore, entropy, perplexity."""

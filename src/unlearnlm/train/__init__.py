@@ -1,0 +1,1 @@
+"""Training: the unlearning loop, its drop test, checkpoints, and memorisation fine-tuning."""
