@@ -31,34 +31,52 @@ from unlearnlm.data.records import (
     write_records,
 )
 from unlearnlm.lm.generation import generate_continuations
+from unlearnlm.settings import Settings, setting, shared
 
 log = logging.getLogger(__name__)
 
 @dataclass
-class DemoSettings:
+class DemoSettings(Settings):
     """Sizes and learning rates of the demo; the defaults are the ones measured in the README."""
 
-    model: str = "smollm2-135m"
-    forget: int = 8
-    keep: int = 16
-    pool: int = 300
-    calibration: int = 16
-    seed: int = 0
-    finetune_lr: float = 1e-3
-    finetune_epochs: int = 30
-    finetune_target: float = 0.99
-    unlearn_lr: float = 1.5e-3
-    unlearn_epochs: int = 8
-    batch_size: int = 8
-    trainable_layers: int | None = 10
-    retain_weight: float = 1.0
-    drop_rule: str = "and"
-    forget_tokens: str = "all"
-    pair_with_pool: bool = True
-    mixed_precision: str = "no"
-    wikitext_docs: int = 8
-    wikitext_tokens: int = 256
-    show_kept: int = 4
+    command = "demo"
+
+    model: str = shared("model", "smollm2-135m", "base model (directory, hub id, .gguf or "
+                        "smollm2-135m)")
+    forget: int = setting(8, "fictitious records to forget", positive=True)
+    keep: int = setting(16, "records to keep (the retain set; learnt with the forget records)",
+                        positive=True)
+    pool: int = setting(300, "look-alike records: the analogous pool", positive=True)
+    calibration: int = setting(16, "never-seen records that calibrate the thresholds",
+                               positive=True)
+    seed: int = shared("seed", 0, "seed of the records, fine-tuning and unlearning")
+    finetune_lr: float = setting(1e-3, "learning rate that makes the model leak", positive=True)
+    finetune_epochs: int = setting(30, "fine-tuning epochs at most", positive=True)
+    finetune_target: float = setting(
+        0.99, "fine-tuning stops once mean suffix token accuracy reaches this", interval="(0, 1]")
+    unlearn_lr: float = setting(1.5e-3, "ICU's learning rate", positive=True)
+    unlearn_epochs: int = setting(8, "ICU's epochs at most", positive=True)
+    batch_size: int = shared("batch_size", 8, "records per step, fine-tuning and unlearning")
+    trainable_layers: int | None = shared(
+        "trainable_layers", 10, "fine-tuning and unlearning train only the last N transformer "
+        "blocks; null: all")
+    retain_weight: float = setting(
+        1.0, "weight of the NLL on the kept records during unlearning; 0: none",
+        interval="[0, inf)")
+    drop_rule: str = setting("and", "IUR drop test: 'and' (paper) or 'or' (official code)",
+                             choices=("and", "or"))
+    forget_tokens: str = setting(
+        "all", "gradient-ascent targets: 'all' suffix tokens or only the 'distinct' ones (see "
+        "`unlearnlm unlearn --help`)", choices=("all", "distinct"))
+    pair_with_pool: bool = setting(
+        True, "pair each forget record with its nearest look-alike or kept record (ICU's analogous "
+        "texts); off: with its nearest kept record")
+    mixed_precision: str = shared("mixed_precision")
+    wikitext_docs: int = setting(8, "WikiText documents for the fluency perplexity; 0: none",
+                                 interval="[0, inf)")
+    wikitext_tokens: int = setting(256, "tokens of each WikiText document", positive=True)
+    show_kept: int = setting(4, "kept records shown in the console tables",
+                             interval="[0, inf)")
 
 
 def _say(text: str = "") -> None:

@@ -39,16 +39,13 @@ from typing import Any
 from unlearnlm.data.texts import Record, read_records, texts_sha256
 from unlearnlm.errors import UnlearnError
 from unlearnlm.methods.losses import METHODS
+from unlearnlm.settings import Settings, setting, shared
 
 log = logging.getLogger(__name__)
 
 ROLES = ("forget", "retain", "pool", "calibration", "nonmember")
 # settings that only change what is measured, not what is trained: free to differ on a re-run
 EVAL_ONLY = ("out", "methods", "tasks", "limit", "nonmember", "nonmember_size")
-
-
-def _setting(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best here
-    return field(default=default, metadata={"help": help})
 
 
 def _default_tasks() -> list[str]:
@@ -58,66 +55,77 @@ def _default_tasks() -> list[str]:
 
 
 @dataclass
-class BenchSettings:
+class BenchSettings(Settings):
     """Everything ``unlearnlm bench`` needs; ``results.json`` records all of it."""
 
-    forget_set: str = _setting(
+    command = "bench"
+
+    forget_set: str = setting(
         "lm_extraction_32_0", "forget set: a benchmark name (lm_extraction_{N}_{k}, N in 1, 4, 8, "
         "32, 128, k in 0..4; or {domain}_8_{k}) or a .csv/.jsonl/.txt file")
-    model: str = _setting("smollm2-135m", "base model (directory, hub id, .gguf or smollm2-135m)")
-    out: str = _setting("runs/bench", "output directory (a re-run into it resumes)")
+    model: str = shared("model", "smollm2-135m",
+                        "base model (directory, hub id, .gguf or smollm2-135m)")
+    out: str = setting("runs/bench", "output directory (a re-run into it resumes)")
     methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={
         "help": "methods to compare, a comma list (see `unlearnlm methods`)"})
-    retain: str | None = _setting(
+    retain: str | None = setting(
         None, "retain texts file (null: --retain-size other samples of the benchmark's train "
         "split); the leaky and the retain model learn them; they join the analogous pool")
-    retain_size: int = _setting(32, "retain samples drawn from the train split")
-    pool: str | None = _setting(
+    retain_size: int = setting(32, "retain samples drawn from the train split", positive=True)
+    pool: str | None = setting(
         None, "analogous pool file (null: --pool-size further samples of the train split)")
-    pool_size: int = _setting(300, "analogous pool samples drawn from the train split")
-    calibration: str | None = _setting(
+    pool_size: int = setting(300, "analogous pool samples drawn from the train split",
+                             positive=True)
+    calibration: str | None = setting(
         None, "never-seen texts for the unlearning thresholds, --calibrate-on (null: "
         "--calibration-size samples of the benchmark's val split)")
-    calibration_size: int = _setting(32, "calibration samples drawn from the val split")
-    nonmember: str | None = _setting(
+    calibration_size: int = setting(32, "calibration samples drawn from the val split",
+                                    positive=True)
+    nonmember: str | None = setting(
         None, "never-seen texts for the membership audit and as the forgetting yardstick "
         "(null: --nonmember-size other samples of the val split)")
-    nonmember_size: int = _setting(32, "non-member samples drawn from the val split")
-    prefix_tokens: int = _setting(50, "prefix length in the model's tokens (paper: 50)")
-    suffix_tokens: int | None = _setting(50, "suffix length in tokens (paper: 50); null: the rest")
-    lr: float = _setting(5e-5, "unlearning learning rate, every method (paper: 5e-6 for 20-30 "
-                         "epochs; higher so that a CPU run ends)")
-    max_epochs: int = _setting(10, "unlearning epochs at most, every method")
-    batch_size: int = _setting(8, "texts per step, fine-tuning and unlearning")
-    trainable_layers: int | None = _setting(
-        None, "fine-tuning and unlearning train only the last N transformer blocks; null: all "
-        "(the paper)")
-    mixed_precision: str = _setting("no", "'no', 'bf16' or 'fp16' for fine-tuning and "
-                                    "unlearning (bf16 halves a CPU step where it is supported)")
-    drop_rule: str = _setting("and", "IUR drop test: 'and' (paper) or 'or' (official code)")
-    calibration_quantile: float = _setting(
+    nonmember_size: int = setting(32, "non-member samples drawn from the val split",
+                                  positive=True)
+    prefix_tokens: int = shared("prefix_tokens")
+    suffix_tokens: int | None = shared("suffix_tokens")
+    lr: float = shared("lr", 5e-5, "unlearning learning rate, every method (paper: 5e-6 for "
+                       "20-30 epochs; higher so that a CPU run ends)")
+    max_epochs: int = shared("max_epochs", 10, "unlearning epochs at most, every method")
+    batch_size: int = shared("batch_size", 8, "texts per step, fine-tuning and unlearning")
+    trainable_layers: int | None = shared(
+        "trainable_layers", None, "fine-tuning and unlearning train only the last N transformer "
+        "blocks; null: all (the paper)")
+    mixed_precision: str = shared("mixed_precision", "no", "'no', 'bf16' or 'fp16' for "
+                                  "fine-tuning and unlearning (bf16 halves a CPU step where it "
+                                  "is supported)")
+    drop_rule: str = setting("and", "IUR drop test: 'and' (paper) or 'or' (official code)",
+                             choices=("and", "or"))
+    calibration_quantile: float = setting(
         0.5, "quantile of never-seen texts' BLEU/BERTScore that a sample must score at or under "
-        "to drop (0.5: the median)")
-    calibration_stop: str = _setting(
+        "to drop (0.5: the median)", interval="(0, 1)")
+    calibration_stop: str = setting(
         "mean", "stop thresholds from never-seen texts' 'mean' EL/MA (Jang et al.) or their "
-        "'quantile' (median, as the drop test)")
-    el_every_epoch: bool = _setting(
+        "'quantile' (median, as the drop test)", choices=("mean", "quantile"))
+    el_every_epoch: bool = setting(
         False, "score EL10 after every unlearning epoch (off: only once MA is under its "
         "threshold, which saves most of the scoring time)")
-    guard_ppl_factor: float | None = _setting(
-        None, "collapse guard of the loop; null: off, as in the paper (so collapses show)")
-    finetune_lr: float = _setting(1e-4, "learning rate that makes the leaky and retain models")
-    finetune_epochs: int = _setting(30, "fine-tuning epochs at most")
-    finetune_target: float = _setting(
-        0.95, "fine-tuning stops once mean suffix token accuracy reaches this")
+    guard_ppl_factor: float | None = setting(
+        None, "collapse guard of the loop; null: off, as in the paper (so collapses show)",
+        positive=True)
+    finetune_lr: float = setting(1e-4, "learning rate that makes the leaky and retain models",
+                                 positive=True)
+    finetune_epochs: int = setting(30, "fine-tuning epochs at most", positive=True)
+    finetune_target: float = setting(
+        0.95, "fine-tuning stops once mean suffix token accuracy reaches this",
+        interval="(0, 1]")
     tasks: list[str] = field(default_factory=_default_tasks, metadata={
         "help": "evaluation tasks, a comma list (see `unlearnlm eval`)"})
-    limit: int | None = _setting(
+    limit: int | None = setting(
         100, "items per evaluation task (documents, questions, dialogues); null: all of them "
-        "(hours per model on a CPU)")
-    seed: int = _setting(42, "seed of the data draws, fine-tuning and unlearning")
+        "(hours per model on a CPU)", positive=True)
+    seed: int = shared("seed", 42, "seed of the data draws, fine-tuning and unlearning")
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         from unlearnlm.evaluate.suite import resolve_tasks
 
         self.methods = _names(self.methods)
@@ -127,13 +135,6 @@ class BenchSettings:
             raise UnlearnError(f"{problem}; known methods: {', '.join(METHODS)}")
         self.tasks = _names(self.tasks)
         resolve_tasks(self.tasks)
-        _check_positive(self, ("retain_size", "pool_size", "calibration_size", "nonmember_size",
-                               "prefix_tokens", "lr", "max_epochs", "batch_size", "finetune_lr",
-                               "finetune_epochs"))
-        _check_positive(self, ("suffix_tokens", "trainable_layers", "limit", "guard_ppl_factor"),
-                        optional=True)
-        if not 0.0 < self.finetune_target <= 1.0:
-            raise UnlearnError(f"finetune_target must lie in (0, 1], got {self.finetune_target}")
         for method in self.methods:  # the loop's own checks, before any work
             self.unlearn_settings(method)
 
@@ -154,16 +155,6 @@ class BenchSettings:
 def _names(value: str | list[str]) -> list[str]:
     items = value.split(",") if isinstance(value, str) else list(value)
     return list(dict.fromkeys(item.strip() for item in items if item.strip()))
-
-
-def _check_positive(s: BenchSettings, names: tuple[str, ...], optional: bool = False) -> None:
-    for name in names:
-        value = getattr(s, name)
-        if value is None and optional:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            extra = " or null" if optional else ""
-            raise UnlearnError(f"{name} must be a positive number{extra}, got {value!r}")
 
 
 # --- step 1: data ------------------------------------------------------------------------------

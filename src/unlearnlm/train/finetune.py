@@ -11,16 +11,17 @@ from __future__ import annotations
 import logging
 import random
 import time
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from unlearnlm.data.batches import collate
 from unlearnlm.data.texts import Sample, file_sha256, read_records, split_records
-from unlearnlm.errors import UnlearnError
 from unlearnlm.lm.loading import load_model, train_last_layers
 from unlearnlm.methods.losses import nll
 from unlearnlm.rundir import RunDir, environment_versions
+from unlearnlm.settings import FinetuneSettings
 
 log = logging.getLogger(__name__)
 
@@ -47,55 +48,39 @@ def suffix_accuracy(
 
 
 def finetune(
-    model: str,
-    data: str,
-    out: str,
-    *,
-    max_epochs: int = 30,
-    lr: float = 1e-4,
-    batch_size: int = 8,
-    target_accuracy: float | None = 0.95,
-    prefix_tokens: int = 50,
-    suffix_tokens: int | None = 50,
-    mixed_precision: str = "no",
-    seed: int = 42,
-    trainable_layers: int | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
+    model: str | FinetuneSettings, data: str | None = None, out: str | None = None, *,
+    progress: bool = True, **settings: Any,
 ) -> dict:
-    """Fine-tune ``model`` on ``data``; writes the model and ``finetune.json`` to ``out``."""
+    """Fine-tune a model on texts; writes the model and ``finetune.json`` to the output folder.
+
+    Either pass a :class:`~unlearnlm.settings.FinetuneSettings` or the model, the data, the
+    output folder and any other of its fields as keywords, e.g.
+    ``finetune("smollm2-135m", "records.jsonl", "runs/leaky", lr=1e-3)``.
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    if max_epochs < 1 or lr <= 0 or batch_size < 1:
-        raise UnlearnError("max_epochs and batch_size must be >= 1 and lr > 0")
-    if target_accuracy is not None and not 0.0 < target_accuracy <= 1.0:
-        raise UnlearnError(f"target_accuracy must lie in (0, 1], got {target_accuracy}")
-    run_dir = RunDir.create(out, model, overwrite)
-    set_seed(seed)
-    accelerator = Accelerator(mixed_precision=mixed_precision)
-    policy, tokenizer, source = load_model(model)
+    s = model if isinstance(model, FinetuneSettings) else FinetuneSettings(
+        model=model, data=data or "", out=out or "", **settings)
+    s.require()
+    run_dir = RunDir.create(s.out, s.model, s.overwrite)
+    set_seed(s.seed)
+    accelerator = Accelerator(mixed_precision=s.mixed_precision)
+    policy, tokenizer, source = load_model(s.model)
     run_dir.check_not_input(source.path)
-    samples = split_records(read_records(data, role="training"), tokenizer,
-                            prefix_tokens, suffix_tokens, role="training")
-    train_last_layers(policy, trainable_layers)
+    samples = split_records(read_records(s.data, role="training"), tokenizer,
+                            s.prefix_tokens, s.suffix_tokens, role="training")
+    train_last_layers(policy, s.trainable_layers)
     optimizer = torch.optim.AdamW(
-        [p for p in policy.parameters() if p.requires_grad], lr=lr, weight_decay=0.0
+        [p for p in policy.parameters() if p.requires_grad], lr=s.lr, weight_decay=0.0
     )
     policy, optimizer = accelerator.prepare(policy, optimizer)
-    record = {
-        "model": model, "data": str(data), "data_sha256": file_sha256(data),
-        "settings": {"max_epochs": max_epochs, "lr": lr, "batch_size": batch_size,
-                     "target_accuracy": target_accuracy, "prefix_tokens": prefix_tokens,
-                     "suffix_tokens": suffix_tokens, "mixed_precision": mixed_precision,
-                     "seed": seed, "trainable_layers": trainable_layers},
-        "versions": environment_versions(), "epochs": [],
-    }
+    record = _new_record(s)
     start = time.perf_counter()
-    rng = random.Random(seed)
+    rng = random.Random(s.seed)
     pad = tokenizer.pad_token_id
-    for epoch in range(1, max_epochs + 1):
-        loss = _epoch(policy, optimizer, accelerator, samples, batch_size, rng, pad, progress,
+    for epoch in range(1, s.max_epochs + 1):
+        loss = _epoch(policy, optimizer, accelerator, samples, s.batch_size, rng, pad, progress,
                       epoch)
         with accelerator.autocast():
             acc = suffix_accuracy(policy, samples, pad)
@@ -103,14 +88,24 @@ def finetune(
         record["epochs"].append({"epoch": epoch, "loss": loss, "suffix_accuracy": mean_acc})
         log.info("fine-tune epoch %d: loss %.3f, suffix token accuracy %.3f", epoch, loss,
                  mean_acc)
-        if target_accuracy is not None and mean_acc >= target_accuracy:
+        if s.target_accuracy is not None and mean_acc >= s.target_accuracy:
             break
     record["suffix_accuracy"] = record["epochs"][-1]["suffix_accuracy"]
     reached = record["suffix_accuracy"]
-    record["memorised"] = target_accuracy is not None and reached >= target_accuracy
+    record["memorised"] = s.target_accuracy is not None and reached >= s.target_accuracy
     record["seconds"] = round(time.perf_counter() - start, 1)
     run_dir.finish(accelerator.unwrap_model(policy), tokenizer, record, "finetune.json")
     return record
+
+
+def _new_record(s: FinetuneSettings) -> dict:
+    recorded = ("max_epochs", "lr", "batch_size", "target_accuracy", "prefix_tokens",
+                "suffix_tokens", "mixed_precision", "seed", "trainable_layers")
+    return {
+        "model": s.model, "data": s.data, "data_sha256": file_sha256(s.data),
+        "settings": {name: getattr(s, name) for name in recorded},
+        "versions": environment_versions(), "epochs": [],
+    }
 
 
 def _epoch(model, optimizer, accelerator, samples, batch_size, rng, pad, progress, epoch) -> float:

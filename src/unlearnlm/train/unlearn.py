@@ -67,7 +67,7 @@ def unlearn(config: UnlearnConfig | None = None, *, resume: str | None = None,
         config = UnlearnConfig(**checkpoint["record"]["config"])
         log.info("Resuming %s after epoch %d", config.out, checkpoint["epoch"])
     config = config or UnlearnConfig(**settings)
-    config.require_paths()
+    config.require()
     run_dir = RunDir.create(config.out, config.model, config.overwrite or bool(checkpoint))
     run = _setup(config, run_dir)
     if checkpoint is not None:

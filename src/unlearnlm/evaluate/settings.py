@@ -1,0 +1,76 @@
+"""``EvalSettings``: everything ``unlearnlm eval`` needs, checked before a model loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from unlearnlm.errors import UnlearnError
+from unlearnlm.evaluate.judge import JudgeSettings
+from unlearnlm.evaluate.suite import TASKS, plan_tasks
+from unlearnlm.settings import Settings, setting, shared
+
+
+@dataclass
+class EvalSettings(Settings):
+    """The models, texts and tasks of one evaluation; ``eval.json`` records what it used."""
+
+    command = "eval"
+    required = ("model", "out")
+
+    model: str = shared("model", help="model to evaluate (directory, hub id, .gguf or "
+                        "smollm2-135m)")
+    forget: str | None = setting(None, "forget set (.jsonl, .csv, .txt) for forget and mia")
+    nonmember: str | None = setting(
+        None, "texts the model never saw; null: the extraction benchmark's val split")
+    tasks: str | None = setting(
+        None, f"comma-separated task names: {', '.join(TASKS)}; dialogue: its four sets; null: "
+        "all but the four dialogue sets' own names, less forget and mia without --forget")
+    limit: int | None = setting(
+        None, "at most N documents/questions/non-members a task; null: all", positive=True)
+    backend: str = setting(
+        "ours", "who scores the zero-shot choice tasks and lambada: our implementation or "
+        "lm-evaluation-harness (needs unlearnlm[harness]; other tasks stay ours)",
+        choices=("ours", "harness"))
+    prefix_tokens: int = shared("prefix_tokens")
+    suffix_tokens: int | None = shared("suffix_tokens")
+    judge_url: str | None = setting(
+        None, "OpenAI-compatible API root (e.g. http://127.0.0.1:8000/v1): an LLM judge scores "
+        "the forget generations 0-10")
+    judge_model: str | None = setting(None, "model name for the judge (needed with --judge-url)")
+    judge_key_env: str | None = setting(
+        None, "environment variable holding the judge's API key; null: OPENAI_API_KEY when set "
+        "(local servers may need none)")
+    original: str | None = setting(
+        None, "also evaluate this model (the one before unlearning) into OUT/original/eval.json")
+    retain: str | None = setting(
+        None, "also evaluate this model (trained without the forget set) into "
+        "OUT/retain/eval.json")
+    el_n: int = shared("el_n")
+    out: str = setting("", "output directory for eval.json")
+
+    def check(self) -> None:
+        tasks = self.planned_tasks()
+        if not self.judge_url:
+            if self.judge_model or self.judge_key_env:
+                raise UnlearnError("--judge-model and --judge-key-env need --judge-url; give the "
+                                   "judge's API root, e.g. --judge-url http://127.0.0.1:8000/v1")
+            return
+        if not self.judge_model:
+            raise UnlearnError("--judge-url needs --judge-model; give the name of a model the "
+                               "judge server serves, e.g. --judge-model gpt-4o")
+        if "forget" not in tasks:
+            raise UnlearnError("the LLM judge scores the forget task; add forget to --tasks and "
+                               "give --forget, or leave out --judge-url")
+        self.judge()  # the judge's own checks (its URL, its key variable)
+
+    def planned_tasks(self) -> list[str]:
+        """The tasks to run: ``tasks`` validated, or every task (less forget and mia without a
+        forget set)."""
+        return plan_tasks(self.tasks, has_forget=bool(self.forget))
+
+    def judge(self) -> JudgeSettings | None:
+        """The LLM judge's settings, or None without ``judge_url``."""
+        if not self.judge_url:
+            return None
+        return JudgeSettings(self.judge_url, self.judge_model or "",
+                             api_key_env=self.judge_key_env)
