@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from test_generation import lookup_model
 from unlearnlm.errors import UnlearnError
 from unlearnlm.lm.generation import generate_continuations
-from unlearnlm.metrics import scores as metrics
+from unlearnlm.lm.interface import LM
 from unlearnlm.metrics.scores import (
     bertscore_f1,
     bleu,
@@ -106,13 +106,13 @@ def test_shortcut_generates_only_where_the_argmax_misses(monkeypatch):
     reached from t = 8 by no hit) is never needed. So exactly two prefixes are generated, of
     lengths 4 and 8, for 6 and 2 tokens. The memorised [1..7, 0] needs no generation at all."""
     calls = []
-    real = metrics._generate_jobs
+    real = LM.greedy_to_the_end
 
-    def spy(model, sequences, predictions, jobs, *args):
+    def spy(self, sequences, predictions, jobs, *args):
         calls.extend((t, len(sequences[i]) - t) for i, t in jobs)
-        return real(model, sequences, predictions, jobs, *args)
+        return real(self, sequences, predictions, jobs, *args)
 
-    monkeypatch.setattr(metrics, "_generate_jobs", spy)
+    monkeypatch.setattr(LM, "greedy_to_the_end", spy)
     model = lookup_model()
     extraction_likelihood(model, [SEQ, [1, 2, 3, 4, 5, 6, 7, 0]], start=4, n=2, pad_token_id=0)
     assert sorted(calls) == [(4, 6), (8, 2)]

@@ -1,8 +1,9 @@
 """The output directory of a run: checked before any work, written atomically at the end.
 
-Nothing is written until the run has finished: the model and ``run.json`` go into a temporary
-folder beside ``out`` which is then renamed, so ``out`` holds either a complete run or nothing.
-The input model's directory is never a valid output.
+Nothing is written until the run has finished: ``lm.loading.save_model`` puts the model and
+``run.json`` into a temporary folder beside ``out`` which then replaces it (``replace_dir``), so
+``out`` holds either a complete run or nothing. The input model's directory is never a valid
+output.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,22 +75,6 @@ class RunDir:
         path = Path(model_path).expanduser()
         if path.exists():
             self._refuse_input(self.out, path.resolve())
-
-    def finish(self, model, tokenizer, record: dict, record_name: str = "run.json") -> Path:
-        """Write model + tokenizer + the record into a temporary folder, then rename it."""
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
-        try:
-            if getattr(model, "hf_quantizer", None) is not None:
-                model.hf_quantizer = None
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            write_json(tmp / record_name, record)
-            replace_dir(tmp, self.out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return self.out
 
 
 def replace_dir(new: Path, target: Path) -> None:

@@ -28,10 +28,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from unlearnlm.data.batches import right_padded_batches
 from unlearnlm.data.texts import Sample
 from unlearnlm.errors import UnlearnError
-from unlearnlm.lm.generation import evaluation_mode, model_device
+from unlearnlm.lm.interface import as_lm
 
 MIN_K = 0.2
 # signal name -> whether a HIGHER score means "more likely a member"
@@ -72,22 +71,14 @@ def token_scores_from_logits(
 def token_scores(
     model, sequences: list[list[int]], batch_size: int = 4
 ) -> list[tuple[list[float], list[float]]]:
-    """``token_scores_from_logits`` for every sequence (at least 2 tokens each), batched."""
+    """``token_scores_from_logits`` for every sequence (at least 2 tokens each), batched by
+    ``LM.score``; ``model`` is an ``LM`` or a Hugging Face model."""
     short = [i for i, seq in enumerate(sequences) if len(seq) < 2]
     if short:
         raise UnlearnError(f"membership scores need 2 or more tokens; sequence {short[0]} has less")
-    results: list[tuple[list[float], list[float]]] = [([], []) for _ in sequences]
-    with evaluation_mode(model), torch.inference_mode():
-        for chunk, input_ids, mask in right_padded_batches(
-            sequences, batch_size, model_device(model)
-        ):
-            logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
-            for row, index in enumerate(chunk):
-                length = len(sequences[index])
-                results[index] = token_scores_from_logits(
-                    logits[row, : length - 1], input_ids[row, 1:length]
-                )
-    return results
+    return as_lm(model).score(
+        sequences, lambda _, logits, targets: token_scores_from_logits(logits, targets), batch_size
+    )
 
 
 def membership_scores(

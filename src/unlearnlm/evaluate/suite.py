@@ -1,7 +1,8 @@
 """The full evaluation of one model: forgetting, fluency, downstream skill and privacy.
 
 ``evaluate(model, tokenizer, forget=..., nonmember=..., tasks=..., limit=...)`` runs the named
-tasks and returns ``{"tasks": {name: {"aggregate": {...}, "samples": [...]}}, ...}``;
+tasks on ``model``, an ``lm.interface.LM`` (plain, prompted, ensemble or LoRA-adapted) or a
+Hugging Face model, and returns ``{"tasks": {name: {"aggregate": {...}, "samples": [...]}}, ...}``;
 ``write_results`` saves it as ``eval.json`` atomically. Task names (``TASKS``):
 
 - ``forget``: per forget sample, EL_n and MA over the suffix, and BLEU, BERTScore-F1 and token
@@ -34,7 +35,7 @@ from unlearnlm.errors import UnlearnError
 from unlearnlm.evaluate import privacy
 from unlearnlm.evaluate.judge import JudgeSettings, judge_samples, summarize_verdicts
 from unlearnlm.evaluate.tasks import choice_accuracy, dialogue_f1, lambada_accuracy
-from unlearnlm.lm.generation import context_limit, generate_continuations
+from unlearnlm.lm.interface import as_lm
 from unlearnlm.metrics.scores import (
     bertscore_f1,
     bleu_scores,
@@ -96,10 +97,10 @@ def forget_metrics(model, tokenizer, samples: list[Sample], el_n: int = 10) -> d
     """EL_n, MA, BLEU, BERTScore-F1 and entropy per sample (see the module docstring), + means."""
     if not samples:
         raise UnlearnError("no forget samples to score; give --forget with at least one text")
-    scores = memorisation_scores(model, tokenizer, samples, el_n)
+    lm = as_lm(model, tokenizer)
+    scores = memorisation_scores(lm, tokenizer, samples, el_n)
     longest = max(len(s.suffix_ids) for s in samples)
-    outputs = generate_continuations(model, [s.prefix_ids for s in samples], longest,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+    outputs = lm.generate([s.prefix_ids for s in samples], longest)
     generations = [out[: len(s.suffix_ids)] for out, s in zip(outputs, samples, strict=True)]
     candidates = [tokenizer.decode(g, skip_special_tokens=True) for g in generations]
     references = [tokenizer.decode(s.suffix_ids, skip_special_tokens=True) for s in samples]
@@ -133,7 +134,7 @@ def add_judge_scores(section: dict, samples: list[Sample], tokenizer,
 def corpus_perplexity(model, tokenizer, corpus: str, limit: int | None) -> dict:
     """Perplexity on ``eval/{corpus}.csv``, each document's first ``PPL_DOC_TOKENS`` tokens (at
     most the model's position limit); documents under 2 tokens are skipped."""
-    cap = min(PPL_DOC_TOKENS, context_limit(model))
+    cap = min(PPL_DOC_TOKENS, as_lm(model, tokenizer).context_limit())
     texts = eval_sets.corpus_texts(corpus, limit)
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     sequences = [list(ids)[:cap] for ids in encoded if len(ids) >= 2]
@@ -147,7 +148,8 @@ def corpus_perplexity(model, tokenizer, corpus: str, limit: int | None) -> dict:
 
 
 def _run_task(name: str, model, tokenizer, limit: int | None) -> dict:
-    cap = context_limit(model)
+    model = as_lm(model, tokenizer)
+    cap = model.context_limit()
     if name.startswith("ppl_"):
         return corpus_perplexity(model, tokenizer, name[4:], limit)
     if name == "lambada":
@@ -208,6 +210,9 @@ def evaluate(
     from unlearnlm.evaluate.harness import backend_runner
 
     run_harness = backend_runner(backend)  # None for ours; fails early without lm_eval
+    model = as_lm(model, tokenizer)
+    if run_harness:
+        model.hf_model()  # fails early for a model the harness cannot run
     names = resolve_tasks(tasks)
     if limit is not None and limit < 1:
         raise UnlearnError(f"limit is {limit}; give 1 or more (or leave it out for everything)")
@@ -218,7 +223,7 @@ def evaluate(
     for name in names:
         if name not in ("forget", "mia"):
             log.info("Task %s", name)
-            section = run_harness(name, model, tokenizer, limit) if run_harness else None
+            section = run_harness(name, model.hf_model(), tokenizer, limit) if run_harness else None
             results[name] = section or _run_task(name, model, tokenizer, limit)
     judged_by = {"url": judge.base_url, "model": judge.model} if judge else None
     return {"tasks": results,

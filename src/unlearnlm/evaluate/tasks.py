@@ -12,7 +12,9 @@
   a/an/the, collapse whitespace.
 
 Context and continuation are tokenized separately (no special tokens) and joined; a sequence
-longer than ``max_tokens`` loses tokens from the start of its context.
+longer than ``max_tokens`` loses tokens from the start of its context. ``model`` is an
+``lm.interface.LM`` or a Hugging Face model; scores come from ``LM.targets``, replies from
+``LM.generate``.
 """
 
 from __future__ import annotations
@@ -21,12 +23,8 @@ import re
 import string
 from collections import Counter
 
-import torch
-import torch.nn.functional as F
-
-from unlearnlm.data.batches import right_padded_batches
 from unlearnlm.data.eval_sets import ChoiceItem
-from unlearnlm.lm.generation import evaluation_mode, generate_continuations, model_device
+from unlearnlm.lm.interface import as_lm
 from unlearnlm.metrics.scores import mean
 
 
@@ -52,20 +50,10 @@ def continuation_scores(
     continuations = _encode(tokenizer, [c for _, c in pairs])
     sequences = [_joined(c or [tokenizer.eos_token_id], k, max_tokens)
                  for c, k in zip(contexts, continuations, strict=True)]
-    results: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
-    with evaluation_mode(model), torch.inference_mode():
-        for chunk, input_ids, mask in right_padded_batches(
-            sequences, batch_size, model_device(model)
-        ):
-            logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
-            for row, index in enumerate(chunk):
-                length, size = len(sequences[index]), len(continuations[index])
-                predicting = logits[row, length - size - 1 : length - 1].float()  # (size, V)
-                targets = input_ids[row, length - size : length]
-                log_probs = F.log_softmax(predicting, dim=-1).gather(-1, targets[:, None])
-                greedy = bool((predicting.argmax(-1) == targets).all())
-                results[index] = (float(log_probs.sum()), greedy)
-    return results
+    starts = [len(s) - len(k) for s, k in zip(sequences, continuations, strict=True)]
+    scored = as_lm(model, tokenizer).targets(sequences, starts, batch_size)
+    return [(float(sum(row.logprobs)), row.predicted == sequence[start:])
+            for row, sequence, start in zip(scored, sequences, starts, strict=True)]
 
 
 def pick_choice(log_likelihoods: list[float], lengths: list[int] | None = None) -> int:
@@ -148,10 +136,9 @@ def dialogue_f1(
     ``max_new_tokens`` tokens, cut at its first newline; score: ``unigram_f1`` vs the last turn."""
     prompts = _encode(tokenizer, ["".join(t.strip() + "\n" for t in turns) for turns, _ in items])
     room = max(max_tokens - max_new_tokens, 1)
-    outputs = generate_continuations(
-        model, [p[-room:] or [tokenizer.eos_token_id] for p in prompts], max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        batch_size=batch_size,
+    outputs = as_lm(model, tokenizer).generate(
+        [p[-room:] or [tokenizer.eos_token_id] for p in prompts], max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id, batch_size=batch_size,
     )
     rows = []
     for (_, gold), output in zip(items, outputs, strict=True):

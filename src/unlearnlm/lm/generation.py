@@ -1,8 +1,10 @@
-"""Batched generation from token-id prefixes, used by IUR scoring and the metrics.
+"""Batched generation from token-id prefixes through a Hugging Face model's own ``generate``.
 
 ``generate_continuations`` takes prefixes of any lengths, left-pads them into batches (shortest
-first, to waste little on padding), runs plain greedy or beam search through the model's own
-``generate`` and hands back only the new tokens of each prefix, in the order given.
+first, to waste little on padding), runs plain greedy search, beam search or sampling at a given
+temperature through the model's own ``generate`` and hands back only the new tokens of each
+prefix, in the order given. ``lm.interface.LM.generate`` calls it for a plain model; models that
+``generate`` cannot run (an ensemble) decode step by step in ``lm.stepwise``.
 
 Greedy here means argmax at every step and nothing else: a model's saved generation settings
 (sampling, repetition penalties, banned n-grams) are switched off explicitly, because the exact
@@ -49,6 +51,19 @@ def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+@contextmanager
+def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Run the block with the global torch random state seeded by ``seed`` (nothing when None),
+    restoring the previous state after, so sampling is reproducible and leaves no trace."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def _left_padded(
     prefixes: list[list[int]], pad_token_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,9 +85,18 @@ def _cut_at_eos(tokens: list[int], eos_token_id: int | None) -> list[int]:
     return tokens
 
 
-def _check_arguments(
-    prefixes: list[list[int]], max_new_tokens: int, num_beams: int, batch_size: int
+def check_arguments(
+    prefixes: list[list[int]],
+    max_new_tokens: int,
+    num_beams: int,
+    batch_size: int,
+    temperature: float | None = None,
 ) -> None:
+    """One-line errors for generation arguments that cannot work."""
+    if temperature is not None and not temperature > 0:
+        raise UnlearnError(f"temperature is {temperature}; give a number > 0 to sample")
+    if temperature is not None and num_beams > 1:
+        raise UnlearnError("sampling runs with num_beams=1; give a temperature or beams, not both")
     if max_new_tokens < 0:
         raise UnlearnError(f"max_new_tokens is {max_new_tokens}; give 0 or more")
     if num_beams < 1:
@@ -95,17 +119,21 @@ def generate_continuations(
     pad_token_id: int,
     eos_token_id: int | None = None,
     num_beams: int = 1,
+    temperature: float | None = None,
+    seed: int | None = None,
     batch_size: int = 32,
     progress: bool = False,
 ) -> list[list[int]]:
     """Generate up to ``max_new_tokens`` after each prefix; return only the new tokens.
 
-    Greedy when ``num_beams == 1``, beam search otherwise, never sampling. Each continuation ends
-    before the first ``eos_token_id`` (the eos itself is dropped); with ``eos_token_id=None``
-    nothing stops generation early, so every continuation has exactly ``max_new_tokens`` tokens.
-    The result is in the order of ``prefixes``. The model's train/eval mode is restored after.
+    Greedy when ``num_beams == 1``, beam search otherwise; with a ``temperature``, sampling from
+    the whole next-token distribution divided by it (no top-k, no top-p), seeded by ``seed``
+    without touching the global random state. Each continuation ends before the first
+    ``eos_token_id`` (the eos itself is dropped); with ``eos_token_id=None`` nothing stops
+    generation early, so every continuation has exactly ``max_new_tokens`` tokens. The result is
+    in the order of ``prefixes``. The model's train/eval mode is restored after.
     """
-    _check_arguments(prefixes, max_new_tokens, num_beams, batch_size)
+    check_arguments(prefixes, max_new_tokens, num_beams, batch_size, temperature)
     if max_new_tokens == 0:
         return [[] for _ in prefixes]
     order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
@@ -117,9 +145,11 @@ def generate_continuations(
         pad_token_id=pad_token_id,
         eos_token_id=eos_token_id,
     )
+    if temperature is not None:
+        settings.update(do_sample=True, temperature=temperature)
     device = model_device(model)
     starts = range(0, len(order), batch_size)
-    with evaluation_mode(model), torch.inference_mode():
+    with evaluation_mode(model), torch.inference_mode(), seeded(seed, device):
         for first in tqdm(starts, desc="generating", unit="batch", disable=not progress):
             chunk = order[first : first + batch_size]
             batch = [prefixes[i] for i in chunk]

@@ -14,10 +14,10 @@ can run code); ``trust_remote_code`` is never set unless asked.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -28,6 +28,7 @@ import torch
 
 from unlearnlm.errors import UnlearnError
 from unlearnlm.paths import cache_root
+from unlearnlm.rundir import replace_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -160,25 +161,42 @@ def _check_weights(path: Path, trust_pickle: bool) -> None:
     raise UnlearnError(f"model directory {path} holds no weights (*.safetensors)")
 
 
-def save_model(model, tokenizer, out_dir: str | Path) -> Path:
-    """Save weights (safetensors) and tokenizer atomically: a temporary folder, then a rename."""
+def save_model(
+    model, tokenizer, out_dir: str | Path, records: dict[str, dict] | None = None
+) -> Path:
+    """Save weights (safetensors), tokenizer and ``records`` (file name -> JSON) atomically.
+
+    The one place a model is written: everything goes into a temporary folder beside
+    ``out_dir``, which then replaces it, so ``out_dir`` holds a complete save or what it held
+    before. A model loaded from GGUF loses its ``quantization_config`` (its weights are already
+    dequantised floats, and the config would make the next load expect GGUF); a LoRA-adapted
+    model is saved with its adapters merged into a copy of the weights, as a plain model.
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        if getattr(model, "hf_quantizer", None) is not None:  # GGUF-loaded models
-            model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp, safe_serialization=True)
+        plain = _without_adapters(model)
+        if getattr(plain, "hf_quantizer", None) is not None:  # GGUF-loaded models
+            plain.hf_quantizer = None
+        if hasattr(plain.config, "quantization_config"):
+            del plain.config.quantization_config
+        plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        for name, record in (records or {}).items():
+            write_json(tmp / name, record)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _without_adapters(model):
+    """The model itself, or for a peft (LoRA) model a copy with the adapters merged in."""
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    return copy.deepcopy(model).merge_and_unload()
 
 
 def weights_sha256(path: str | Path) -> str:

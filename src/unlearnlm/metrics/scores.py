@@ -6,8 +6,10 @@
 - ``token_entropy`` of one generation falls when a model collapses into repeating itself.
 - ``perplexity`` (one number for a corpus) and ``sequence_nll`` (one per sample) score fluency.
 
-Everything teacher-forced runs in right-padded batches under ``torch.inference_mode`` and leaves
-the model's train/eval mode as it found it.
+Functions that read a model take an ``lm.interface.LM`` (a plain, prompted, ensemble or
+LoRA-adapted model) or a raw Hugging Face model, which they wrap. Everything teacher-forced runs
+through ``LM.targets`` / ``LM.next_token_argmax`` (the one batch loop), every generation through
+``LM.generate`` / ``LM.greedy_to_the_end``; the model's train/eval mode is left as it was found.
 """
 
 from __future__ import annotations
@@ -20,9 +22,8 @@ from collections.abc import Hashable, Sequence
 import torch
 import torch.nn.functional as F
 
-from unlearnlm.data.batches import right_padded_batches
 from unlearnlm.errors import UnlearnError
-from unlearnlm.lm.generation import evaluation_mode, generate_continuations, model_device
+from unlearnlm.lm.interface import as_lm
 
 
 def mean(values: Sequence[float]) -> float:
@@ -46,33 +47,12 @@ def _check_lengths(sequences: list[list[int]], shortest: int, what: str) -> None
 
 def next_token_argmax(model, sequences: list[list[int]], batch_size: int = 16) -> list[list[int]]:
     """Teacher-forced greedy predictions: ``out[i][t - 1] = argmax P(. | x_<t)`` for t in 1..T-1."""
-    predictions: list[list[int]] = [[] for _ in sequences]
-    with evaluation_mode(model), torch.inference_mode():
-        for chunk, input_ids, mask in right_padded_batches(
-            sequences, batch_size, model_device(model)
-        ):
-            logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
-            best = logits[:, :-1].argmax(dim=-1).tolist()  # (B, L-1)
-            for row, index in enumerate(chunk):
-                predictions[index] = best[row][: len(sequences[index]) - 1]
-    return predictions
+    return as_lm(model).next_token_argmax(sequences, batch_size)
 
 
 def _summed_nll(model, sequences: list[list[int]], batch_size: int) -> list[float]:
     """Per sequence: the sum over t in 1..T-1 of -log P(x_t | x_<t), in float32."""
-    totals = [0.0] * len(sequences)
-    with evaluation_mode(model), torch.inference_mode():
-        for chunk, input_ids, mask in right_padded_batches(
-            sequences, batch_size, model_device(model)
-        ):
-            logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
-            nll = F.cross_entropy(  # (B, L-1)
-                logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:], reduction="none"
-            )
-            sums = (nll * mask[:, 1:]).sum(dim=1).tolist()
-            for row, index in enumerate(chunk):
-                totals[index] = sums[row]
-    return totals
+    return [-sum(row.logprobs) for row in as_lm(model).targets(sequences, 1, batch_size)]
 
 
 # --- memorisation: MA and EL_n -----------------------------------------------------------------
@@ -162,119 +142,6 @@ def _greedy_continuations(
     return continuations
 
 
-def _generate_for(
-    model,
-    sequences: list[list[int]],
-    jobs: list[tuple[int, int]],
-    pad_token_id: int,
-    batch_size: int,
-) -> dict[tuple[int, int], list[int]]:
-    """Greedy continuation to the end of the sample for each (sample, start) job, in batches of
-    jobs that need similar lengths (the longest needed in a batch is generated, then cut)."""
-    jobs = sorted(jobs, key=lambda job: len(sequences[job[0]]) - job[1], reverse=True)
-    results: dict[tuple[int, int], list[int]] = {}
-    for first in range(0, len(jobs), batch_size):
-        chunk = jobs[first : first + batch_size]
-        wanted = [len(sequences[i]) - t for i, t in chunk]
-        outputs = generate_continuations(
-            model,
-            [sequences[i][:t] for i, t in chunk],
-            max(wanted),
-            pad_token_id=pad_token_id,
-            eos_token_id=None,
-            batch_size=batch_size,
-        )
-        for job, size, output in zip(chunk, wanted, outputs, strict=True):
-            results[job] = output[:size]
-    return results
-
-
-def _generate_jobs(model, sequences, predictions, jobs, pad_token_id: int, batch_size: int):
-    """The greedy continuations of the jobs, from the sequences' cached keys and values where
-    the model exposes them (groups of 32 sequences, to bound the memory), else by ``generate``."""
-    device = model_device(model)
-    results: dict[tuple[int, int], list[int]] = {}
-    group = 32
-    with evaluation_mode(model), torch.inference_mode():
-        for first in range(0, len(sequences), group):
-            members = range(first, min(first + group, len(sequences)))
-            mine = [(i - first, t) for i, t in jobs if i in members]
-            if not mine:
-                continue
-            part = [sequences[i] for i in members]
-            caches = _prefix_caches(model, part, device)
-            if caches is None:
-                done = _generate_for(model, part, mine, pad_token_id, batch_size)
-            else:
-                mine.sort(key=lambda job: (len(part[job[0]]) - job[1], job[1]), reverse=True)
-                done = _generate_from_caches(model, part, predictions[first:], mine, caches,
-                                             batch_size, device)
-            results.update({(i + first, t): out for (i, t), out in done.items()})
-    return results
-
-
-def _prefix_caches(model, sequences: list[list[int]], device) -> list[tuple] | None:
-    """Keys and values of every position of every sequence, one teacher-forced pass per batch:
-    per layer (keys, values), each (N, kv_heads, T_max, head_dim); None when the model gives no
-    per-layer key/value tensors (then ``_generate_for`` re-reads the prefixes instead)."""
-    layers: list[tuple[list, list]] | None = None
-    longest, order = max(len(s) for s in sequences), []
-    for chunk, input_ids, mask in right_padded_batches(sequences, 16, device):
-        output = model(input_ids=input_ids, attention_mask=mask, use_cache=True)
-        cache = getattr(output.past_key_values, "layers", None)
-        if not cache or getattr(cache[0], "keys", None) is None:
-            return None
-        if layers is None:
-            layers = [([], []) for _ in cache]
-        pad = longest - input_ids.shape[1]
-        for (keys, values), layer in zip(layers, cache, strict=True):
-            keys.append(F.pad(layer.keys, (0, 0, 0, pad)))
-            values.append(F.pad(layer.values, (0, 0, 0, pad)))
-        order += chunk
-    back = torch.tensor(order, device=device).argsort()  # batched in length order: restore
-    return [(torch.cat(k)[back], torch.cat(v)[back]) for k, v in layers]
-
-
-def _generate_from_caches(
-    model, sequences, predictions, jobs, caches, batch_size: int, device
-) -> dict[tuple[int, int], list[int]]:
-    """Greedy continuations of the jobs from the sequences' own key/value caches: the prefix
-    x_<t of a job is never run again. Its first token is the teacher-forced argmax at t - 1;
-    each row's cache is left-padded to the longest prefix of its batch, positions continue at t."""
-    from transformers import DynamicCache
-
-    results: dict[tuple[int, int], list[int]] = {}
-    for first in range(0, len(jobs), batch_size):
-        chunk = jobs[first : first + batch_size]
-        wanted = [len(sequences[i]) - t for i, t in chunk]
-        width = max(t for _, t in chunk)
-        cache = DynamicCache()
-        for index, (keys, values) in enumerate(caches):
-            shape = (len(chunk), keys.shape[1], width, keys.shape[3])
-            k_rows, v_rows = keys.new_zeros(shape), values.new_zeros(shape)
-            for r, (i, t) in enumerate(chunk):
-                k_rows[r, :, width - t :] = keys[i, :, :t]
-                v_rows[r, :, width - t :] = values[i, :, :t]
-            cache.update(k_rows, v_rows, index)
-        mask = torch.zeros(len(chunk), width, dtype=torch.long, device=device)
-        for r, (_, t) in enumerate(chunk):
-            mask[r, width - t :] = 1
-        token = torch.tensor([[predictions[i][t - 1]] for i, t in chunk], device=device)
-        position = torch.tensor([[t] for _, t in chunk], device=device)
-        steps = [token]
-        for _ in range(max(wanted) - 1):
-            mask = torch.cat([mask, mask.new_ones(len(chunk), 1)], dim=1)
-            logits = model(input_ids=token, attention_mask=mask, position_ids=position,
-                           past_key_values=cache, use_cache=True).logits
-            token = logits[:, -1:].argmax(dim=-1)
-            position = position + 1
-            steps.append(token)
-        generated = torch.cat(steps, dim=1).tolist()
-        for job, size, output in zip(chunk, wanted, generated, strict=True):
-            results[job] = output[:size]
-    return results
-
-
 def extraction_likelihood(
     model,
     sequences: list[list[int]],
@@ -300,15 +167,16 @@ def extraction_likelihood(
     if len(starts) != len(sequences):
         raise UnlearnError(f"{len(starts)} starts for {len(sequences)} sequences; give one each")
     _check_el_arguments(sequences, min(starts, default=1), n)  # the smallest start decides
-    predictions = next_token_argmax(model, sequences, min(batch_size, 32))
+    lm = as_lm(model, pad_token_id=pad_token_id)
+    predictions = lm.next_token_argmax(sequences, min(batch_size, 32))
     jobs = [
         (i, t)
         for i, tokens in enumerate(sequences)
         for t in _positions_to_generate(tokens, predictions[i], starts[i], n)
     ]
     generated: list[dict[int, list[int]]] = [{} for _ in sequences]
-    for (i, t), continuation in _generate_jobs(
-        model, sequences, predictions, jobs, pad_token_id, batch_size
+    for (i, t), continuation in lm.greedy_to_the_end(
+        sequences, predictions, jobs, batch_size
     ).items():
         generated[i][t] = continuation
     scores = []
@@ -331,18 +199,13 @@ def extraction_likelihood_naive(
     samples that reach it together, all prefixes of equal length, so no padding). The slow
     reference for ``extraction_likelihood``."""
     _check_el_arguments(sequences, start, n)
+    lm = as_lm(model, pad_token_id=pad_token_id)
     continuations: list[dict[int, list[int]]] = [{} for _ in sequences]
     for t in range(start, max((len(s) for s in sequences), default=0)):
         reaching = [i for i, tokens in enumerate(sequences) if len(tokens) > t]
         wanted = max(len(sequences[i]) - t for i in reaching)
-        outputs = generate_continuations(
-            model,
-            [sequences[i][:t] for i in reaching],
-            wanted,
-            pad_token_id=pad_token_id,
-            eos_token_id=None,
-            batch_size=batch_size,
-        )
+        outputs = lm.generate([sequences[i][:t] for i in reaching], wanted,
+                              batch_size=batch_size)
         for i, output in zip(reaching, outputs, strict=True):
             continuations[i][t] = output[: len(sequences[i]) - t]
     return [

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from unlearnlm.data.batches import collate
 from unlearnlm.data.texts import Sample, file_sha256, read_records, split_records
-from unlearnlm.lm.loading import load_model, train_last_layers
+from unlearnlm.lm.loading import load_model, save_model, train_last_layers
 from unlearnlm.methods.losses import nll
 from unlearnlm.rundir import RunDir, environment_versions
 from unlearnlm.settings import FinetuneSettings
@@ -94,7 +94,7 @@ def finetune(
     reached = record["suffix_accuracy"]
     record["memorised"] = s.target_accuracy is not None and reached >= s.target_accuracy
     record["seconds"] = round(time.perf_counter() - start, 1)
-    run_dir.finish(accelerator.unwrap_model(policy), tokenizer, record, "finetune.json")
+    save_model(accelerator.unwrap_model(policy), tokenizer, run_dir.out, {"finetune.json": record})
     return record
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from unlearnlm.data.texts import Sample
-from unlearnlm.lm.generation import generate_continuations
+from unlearnlm.lm.interface import as_lm
 from unlearnlm.metrics.scores import (
     bertscore_f1,
     bleu_scores,
@@ -66,11 +66,9 @@ def generate_suffixes(model, tokenizer, samples: list[Sample], config) -> list[l
     if not samples:
         return []
     longest = max(len(s.suffix_ids) for s in samples)
-    generations = generate_continuations(
-        model,
+    generations = as_lm(model, tokenizer).generate(
         [s.prefix_ids for s in samples],
         longest,
-        pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         num_beams=config.num_beams if config.decoding == "beam" else 1,
     )

@@ -29,7 +29,7 @@ from unlearnlm.data.batches import collate
 from unlearnlm.data.neighbors import pair_analogous
 from unlearnlm.data.texts import Sample, file_sha256, read_records, split_records
 from unlearnlm.errors import UnlearnError
-from unlearnlm.lm.loading import load_model, train_last_layers, weights_sha256
+from unlearnlm.lm.loading import load_model, save_model, train_last_layers, weights_sha256
 from unlearnlm.methods.losses import METHODS, batches_needed, combined_loss, needs_reference
 from unlearnlm.metrics.scores import perplexity
 from unlearnlm.rundir import RunDir, environment_versions
@@ -76,7 +76,8 @@ def unlearn(config: UnlearnConfig | None = None, *, resume: str | None = None,
         run.start()
     run.train()
     run.record["timings_s"] = {k: round(v, 3) for k, v in run.timings.items()}
-    run_dir.finish(run.accelerator.unwrap_model(run.model), run.tokenizer, run.record)
+    save_model(run.accelerator.unwrap_model(run.model), run.tokenizer, run_dir.out,
+               {"run.json": run.record})
     remove_partial(config.out)
     return run.record
 

@@ -1,0 +1,171 @@
+"""Models built from others, scored by the same code as a plain ``LM``.
+
+- ``PromptedLM``: a fixed prompt (an instruction, or in-context examples) placed before every
+  input. It scores and generates only for the input itself: position j of the input is position
+  P + j of prompt + input (P prompt tokens), so its target log-probabilities are the base model's
+  log-probabilities of the same tokens after the prompt. A prompted baseline of unlearning ("do
+  not reveal ...") is evaluated exactly like a trained model.
+- ``EnsembleLM``: the average of several models' next-token distributions,
+  log P(v | x) = log (1/K sum_k P_k(v | x)); its generation decodes step by step
+  (``lm.stepwise``), since no single Hugging Face model computes it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from unlearnlm.errors import UnlearnError
+from unlearnlm.lm.cached import generate_jobs
+from unlearnlm.lm.interface import LM
+from unlearnlm.lm.stepwise import stepwise_generate
+
+
+class _Composite(LM):
+    """What a model made of other ``LM`` objects has in common: no single set of weights."""
+
+    def save(self, out_dir: str | Path, records: dict[str, dict] | None = None) -> Path:
+        raise UnlearnError(f"a {type(self).__name__} has no single set of weights to save; "
+                           "save the models it is built from")
+
+    def hf_model(self):
+        raise UnlearnError(f"a {type(self).__name__} is not one Hugging Face model; score it "
+                           "with --backend ours")
+
+
+class PromptedLM(_Composite):
+    """``base`` with ``prompt`` (text, or token ids) before every input (module docstring)."""
+
+    def __init__(self, base: LM, prompt: str | Sequence[int]) -> None:
+        if isinstance(prompt, str):
+            if base.tokenizer is None:
+                raise UnlearnError("a text prompt needs the base model's tokenizer; give token "
+                                   "ids or build the base LM with its tokenizer")
+            prompt = base.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if len(prompt) == 0:
+            raise UnlearnError("the prompt is empty; give an instruction or examples")
+        super().__init__(base.model, base.tokenizer, pad_token_id=base.pad_token_id)
+        self.base = base
+        self.prompt = [int(t) for t in prompt]
+
+    @classmethod
+    def with_examples(
+        cls, base: LM, examples: Sequence[str], instruction: str = "", separator: str = "\n\n"
+    ) -> PromptedLM:
+        """In-context examples (and an optional instruction first), each followed by
+        ``separator``, before every input."""
+        parts = [instruction] if instruction else []
+        parts += list(examples)
+        if not parts:
+            raise UnlearnError("give in-context examples or an instruction for the prompt")
+        return cls(base, "".join(part + separator for part in parts))
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    def modules(self) -> list[torch.nn.Module]:
+        return self.base.modules()
+
+    def context_limit(self, cap: int = 1024) -> int:
+        room = self.base.context_limit(cap + len(self.prompt)) - len(self.prompt)
+        if room < 2:
+            raise UnlearnError(f"the prompt ({len(self.prompt)} tokens) fills the model's context; "
+                               "give a shorter one")
+        return min(room, cap)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        rows = input_ids.shape[0]
+        prompt = torch.tensor(self.prompt, dtype=input_ids.dtype, device=input_ids.device)
+        ids = torch.cat([prompt.expand(rows, -1), input_ids], dim=1)
+        mask = torch.cat([attention_mask.new_ones(rows, len(self.prompt)), attention_mask], dim=1)
+        return self.base.logits(ids, mask)[:, len(self.prompt) :]
+
+    def generate(
+        self, prefixes: list[list[int]], max_new_tokens: int, **options: Any
+    ) -> list[list[int]]:
+        return self.base.generate([self.prompt + list(p) for p in prefixes], max_new_tokens,
+                                  **options)
+
+    def greedy_to_the_end(
+        self,
+        sequences: list[list[int]],
+        predictions: list[list[int]],
+        jobs: list[tuple[int, int]],
+        batch_size: int,
+    ) -> dict[tuple[int, int], list[int]]:
+        """The base model's, on prompt + sequence, every start shifted by the prompt's length
+        (the argmax before the first input token is never read: a job starts at t >= 1)."""
+        shift = len(self.prompt)
+        done = self.base.greedy_to_the_end(
+            [self.prompt + list(s) for s in sequences],
+            [[-1] * shift + list(p) for p in predictions],
+            [(i, t + shift) for i, t in jobs],
+            batch_size,
+        )
+        return {(i, t - shift): out for (i, t), out in done.items()}
+
+
+class EnsembleLM(_Composite):
+    """The mean of ``members``' next-token probabilities (module docstring); members share a
+    tokenizer and vocabulary, the first member's tokenizer is the ensemble's."""
+
+    def __init__(self, members: Sequence[LM]) -> None:
+        if not members:
+            raise UnlearnError("an ensemble needs at least one model")
+        first = members[0]
+        super().__init__(first.model, first.tokenizer, pad_token_id=first.pad_token_id)
+        self.members = list(members)
+
+    @property
+    def device(self) -> torch.device:
+        return self.members[0].device
+
+    def modules(self) -> list[torch.nn.Module]:
+        seen: dict[int, torch.nn.Module] = {}
+        for member in self.members:
+            for module in member.modules():
+                seen.setdefault(id(module), module)
+        return list(seen.values())
+
+    def context_limit(self, cap: int = 1024) -> int:
+        return min(member.context_limit(cap) for member in self.members)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        parts = [F.log_softmax(m.logits(input_ids, attention_mask).float(), dim=-1).to(self.device)
+                 for m in self.members]
+        sizes = {part.shape[-1] for part in parts}
+        if len(sizes) > 1:
+            raise UnlearnError(f"ensemble members predict vocabularies of sizes {sorted(sizes)}; "
+                               "give models that share a tokenizer and vocabulary")
+        return torch.logsumexp(torch.stack(parts), dim=0) - math.log(len(parts))
+
+    def generate(
+        self,
+        prefixes: list[list[int]],
+        max_new_tokens: int,
+        *,
+        eos_token_id: int | None = None,
+        num_beams: int = 1,
+        temperature: float | None = None,
+        seed: int | None = None,
+        batch_size: int = 32,
+    ) -> list[list[int]]:
+        return stepwise_generate(self.next_logprobs, prefixes, max_new_tokens,
+                                 eos_token_id=eos_token_id, num_beams=num_beams,
+                                 temperature=temperature, seed=seed, batch_size=batch_size)
+
+    def greedy_to_the_end(
+        self,
+        sequences: list[list[int]],
+        predictions: list[list[int]],
+        jobs: list[tuple[int, int]],
+        batch_size: int,
+    ) -> dict[tuple[int, int], list[int]]:
+        """Re-reads the prefixes: the members' caches cannot be mixed into one."""
+        return generate_jobs(sequences, jobs, self._greedy_batch, batch_size)
