@@ -139,6 +139,21 @@ def test_prompted_el_uses_the_shifted_cache_and_equals_re_reading(llama):
         assert cached[(i, t)] == expected
 
 
+def test_suffix_generations_are_as_long_as_the_suffix_and_end_at_eos():
+    """Lookup model (after a comes a + 1), eos = 4: from [1] with a 5-token suffix the greedy
+    run is 2, 3, then eos: [2, 3]. From [5] with a 2-token suffix: 6, 7 (cut at 2 tokens).
+    The drop test and the evaluation use this one generation."""
+    from types import SimpleNamespace
+
+    from unlearnlm.data.texts import Sample
+
+    lm = LM(lookup_model(), SimpleNamespace(eos_token_id=4, pad_token_id=0))
+    samples = [Sample("a", "", [1], [2, 3, 4, 5, 6]), Sample("b", "", [5], [0, 0])]
+    assert lm.generate_suffixes(samples) == [[2, 3], [6, 7]]
+    assert lm.generate_suffixes(samples, num_beams=2) == [[2, 3], [6, 7]]
+    assert lm.generate_suffixes([]) == []
+
+
 def test_prompt_must_not_be_empty(llama):
     with pytest.raises(UnlearnError, match="prompt is empty"):
         PromptedLM(llama, [])

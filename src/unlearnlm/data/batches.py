@@ -1,7 +1,8 @@
 """Padding token-id sequences into batches: the one home of padding for training and scoring.
 
 ``collate`` builds a training batch with a loss mask; ``right_padded_batches`` groups sequences
-of similar length for the teacher-forced metrics and scorers.
+of similar length for the teacher-forced scores (``lm.interface.LM.score``); ``left_padded``
+lines prefixes up at their ends for generation.
 """
 
 from __future__ import annotations
@@ -50,3 +51,17 @@ def right_padded_batches(
             input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
             attention_mask[row, : len(tokens)] = 1
         yield chunk, input_ids.to(device), attention_mask.to(device)
+
+
+def left_padded(
+    prefixes: list[list[int]], pad_token_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack token lists into (B, L) ``input_ids`` and ``attention_mask``, pads on the left."""
+    width = max(len(p) for p in prefixes)
+    input_ids = torch.full((len(prefixes), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+    for row, prefix in enumerate(prefixes):
+        if prefix:
+            input_ids[row, width - len(prefix) :] = torch.tensor(prefix, dtype=torch.long)
+            attention_mask[row, width - len(prefix) :] = 1
+    return input_ids.to(device), attention_mask.to(device)

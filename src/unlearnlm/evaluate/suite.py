@@ -6,7 +6,8 @@ Hugging Face model, and returns ``{"tasks": {name: {"aggregate": {...}, "samples
 ``write_results`` saves it as ``eval.json`` atomically. Task names (``TASKS``):
 
 - ``forget``: per forget sample, EL_n and MA over the suffix, and BLEU, BERTScore-F1 and token
-  entropy of the greedy generation from the prefix, as long as the true suffix.
+  entropy of the greedy generation from the prefix, as long as the true suffix or up to the
+  end-of-text token (``LM.generate_suffixes``, the drop test's generation too).
   With non-member samples given, the same metrics on them and ``privacy.forgetting_verdict``.
 - ``ppl_pile``, ``ppl_wikitext``: corpus perplexity, each document capped at 512 tokens.
 - ``lambada``, ``hellaswag``, ``winogrande``, ``copa``, ``arc_easy``, ``arc_challenge``, ``piqa``,
@@ -99,9 +100,7 @@ def forget_metrics(model, tokenizer, samples: list[Sample], el_n: int = 10) -> d
         raise UnlearnError("no forget samples to score; give --forget with at least one text")
     lm = as_lm(model, tokenizer)
     scores = memorisation_scores(lm, tokenizer, samples, el_n)
-    longest = max(len(s.suffix_ids) for s in samples)
-    outputs = lm.generate([s.prefix_ids for s in samples], longest)
-    generations = [out[: len(s.suffix_ids)] for out, s in zip(outputs, samples, strict=True)]
+    generations = lm.generate_suffixes(samples)
     candidates = [tokenizer.decode(g, skip_special_tokens=True) for g in generations]
     references = [tokenizer.decode(s.suffix_ids, skip_special_tokens=True) for s in samples]
     scores["bleu"] = bleu_scores(candidates, references)

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
+from unlearnlm.data.batches import left_padded
 from unlearnlm.errors import UnlearnError
 
 # Settings a model's own generation_config may carry that would make "greedy" differ from argmax.
@@ -62,20 +63,6 @@ def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
-
-
-def _left_padded(
-    prefixes: list[list[int]], pad_token_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack token lists into (B, L) ``input_ids`` and ``attention_mask``, pads on the left."""
-    width = max(len(p) for p in prefixes)
-    input_ids = torch.full((len(prefixes), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prefixes), width), dtype=torch.long)
-    for row, prefix in enumerate(prefixes):
-        if prefix:
-            input_ids[row, width - len(prefix) :] = torch.tensor(prefix, dtype=torch.long)
-            attention_mask[row, width - len(prefix) :] = 1
-    return input_ids.to(device), attention_mask.to(device)
 
 
 def _cut_at_eos(tokens: list[int], eos_token_id: int | None) -> list[int]:
@@ -153,7 +140,7 @@ def generate_continuations(
         for first in tqdm(starts, desc="generating", unit="batch", disable=not progress):
             chunk = order[first : first + batch_size]
             batch = [prefixes[i] for i in chunk]
-            input_ids, attention_mask = _left_padded(batch, pad_token_id, device)  # (B, L)
+            input_ids, attention_mask = left_padded(batch, pad_token_id, device)  # (B, L)
             output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
             new_tokens = output[:, input_ids.shape[1] :].tolist()  # (B, <= max_new_tokens)
             for index, tokens in zip(chunk, new_tokens, strict=True):

@@ -11,7 +11,8 @@ a model goes through it:
   ``data.batches.right_padded_batches``, ``inference_mode``, the model's train/eval mode restored
   after); ``targets`` (log P(x_t | x_<t) and the argmax, for t from a start) and
   ``next_token_argmax`` are built on it.
-- ``generate(prefixes, ...)``: greedy, beam or sampled continuations; ``greedy_to_the_end``:
+- ``generate(prefixes, ...)``: greedy, beam or sampled continuations; ``generate_suffixes``:
+  the continuation of each sample's prefix that is compared with its suffix; ``greedy_to_the_end``:
   the greedy continuations that extraction likelihood needs, from each sequence's own
   key/value cache (``lm.cached``) where the model allows.
 - ``LM.load(spec)`` and ``save(out_dir)`` (``lm.loading``, the one save path).
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from unlearnlm.data.batches import right_padded_batches
+from unlearnlm.data.texts import Sample
 from unlearnlm.errors import UnlearnError
 from unlearnlm.lm import cached
 from unlearnlm.lm.generation import (
@@ -191,6 +193,17 @@ class LM:
             eos_token_id=eos_token_id, num_beams=num_beams, temperature=temperature, seed=seed,
             batch_size=batch_size,
         )
+
+    def generate_suffixes(self, samples: Sequence[Sample], num_beams: int = 1) -> list[list[int]]:
+        """From each sample's prefix, as many tokens as its true suffix has, ending before the
+        first eos: the generation that both the drop test and the evaluation's BLEU, BERTScore
+        and entropy compare with the true suffix. Greedy, or beam search with ``num_beams``."""
+        if not samples:
+            return []
+        longest = max(len(s.suffix_ids) for s in samples)
+        outputs = self.generate([s.prefix_ids for s in samples], longest,
+                                eos_token_id=self.eos_token_id, num_beams=num_beams)
+        return [out[: len(s.suffix_ids)] for out, s in zip(outputs, samples, strict=True)]
 
     def greedy_to_the_end(
         self,

@@ -63,16 +63,8 @@ class Thresholds:
 
 def generate_suffixes(model, tokenizer, samples: list[Sample], config) -> list[list[int]]:
     """Generate as many tokens as each sample's true suffix has, from its prefix."""
-    if not samples:
-        return []
-    longest = max(len(s.suffix_ids) for s in samples)
-    generations = as_lm(model, tokenizer).generate(
-        [s.prefix_ids for s in samples],
-        longest,
-        eos_token_id=tokenizer.eos_token_id,
-        num_beams=config.num_beams if config.decoding == "beam" else 1,
-    )
-    return [g[: len(s.suffix_ids)] for g, s in zip(generations, samples)]
+    num_beams = config.num_beams if config.decoding == "beam" else 1
+    return as_lm(model, tokenizer).generate_suffixes(samples, num_beams)
 
 
 def generation_scores(model, tokenizer, samples: list[Sample], config) -> list[dict]:
