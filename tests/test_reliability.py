@@ -107,3 +107,20 @@ def test_collapse_rules_each_fire():
     assert "runaway forget loss" in _collapse({"forget_ga": -20.0}, 10.0, 10.0, config)
     assert "perplexity 25.0" in _collapse({"forget_ga": -5.0}, 25.0, 10.0, config)
     assert _collapse({"forget_ga": -5.0}, 19.0, 10.0, config) == ""
+
+
+def test_atomic_path_renames_a_complete_file_and_leaves_no_trace_on_failure(tmp_path):
+    """One helper writes every file: the target changes only when the write completes."""
+    from unlearnlm.rundir import atomic_path, write_json, write_text_atomic
+
+    target = tmp_path / "sub" / "eval.json"
+    write_json(target, {"name": "ü", "x": 1})
+    assert json.loads(target.read_text(encoding="utf-8")) == {"name": "ü", "x": 1}
+    with pytest.raises(RuntimeError), atomic_path(target) as temporary:
+        assert temporary.parent == target.parent and temporary.suffix == ".json"
+        temporary.write_text("half a fi", encoding="utf-8")
+        raise RuntimeError("killed mid-write")
+    assert json.loads(target.read_text(encoding="utf-8"))["x"] == 1  # the old file stands
+    write_text_atomic(target, "new")
+    assert target.read_text(encoding="utf-8") == "new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["eval.json"]

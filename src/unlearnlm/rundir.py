@@ -4,6 +4,10 @@ Nothing is written until the run has finished: ``lm.loading.save_model`` puts th
 ``run.json`` into a temporary folder beside ``out`` which then replaces it (``replace_dir``), so
 ``out`` holds either a complete run or nothing. The input model's directory is never a valid
 output.
+
+Every file the package writes goes through ``atomic_path`` (a temporary file beside the target,
+renamed onto it once complete), through ``write_text_atomic`` / ``write_json`` built on it, or,
+for a folder, through ``replace_dir``: a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import json
 import os
 import platform
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +95,31 @@ def replace_dir(new: Path, target: Path) -> None:
         os.replace(new, target)
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same folder, same suffix) to write to; renamed onto
+    ``path`` when the block ends normally, deleted when it raises. The folder is created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}",
+                                    dir=path.parent)
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through ``atomic_path``."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | Path, data: dict) -> Path:
+    """Write ``data`` as indented JSON (non-ASCII kept as is) through ``atomic_path``."""
+    return write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))

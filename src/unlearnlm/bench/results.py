@@ -18,12 +18,12 @@ import csv
 import io
 import logging
 import math
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 from unlearnlm.data.eval_sets import CHOICE_TASKS, DIALOGUE_SETS
 from unlearnlm.evaluate.privacy import SIGNALS
+from unlearnlm.rundir import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -340,23 +340,16 @@ def plot_forgetting_vs_utility(rows: list[dict], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, dpi=120)
     return path
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_results_files(out: Path, s, data: dict, models: dict, runs: dict,
                         evals: dict) -> dict:
     """Build the rows and claims and write the four result files; returns results.json's data."""
     from unlearnlm.data.texts import texts_sha256
-    from unlearnlm.rundir import environment_versions, write_json
+    from unlearnlm.rundir import environment_versions, write_json, write_text_atomic
 
     rows = build_rows(models, runs, evals)
     files = {name: str(out / name) for name in
@@ -378,7 +371,7 @@ def write_results_files(out: Path, s, data: dict, models: dict, runs: dict,
     }
     if plot_forgetting_vs_utility(rows, out / "forgetting_vs_utility.png") is None:
         files.pop("forgetting_vs_utility.png")
-    _write_text(out / "results.csv", results_csv(rows))
-    _write_text(out / "results.md", results_markdown(results, s, data, models))
+    write_text_atomic(out / "results.csv", results_csv(rows))
+    write_text_atomic(out / "results.md", results_markdown(results, s, data, models))
     write_json(out / "results.json", results)
     return results

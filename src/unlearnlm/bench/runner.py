@@ -29,7 +29,6 @@ import gc
 import hashlib
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from typing import Any
 from unlearnlm.data.texts import Record, read_records, texts_sha256
 from unlearnlm.errors import UnlearnError
 from unlearnlm.methods.losses import METHODS
+from unlearnlm.rundir import write_text_atomic
 from unlearnlm.settings import Settings, setting, shared
 
 log = logging.getLogger(__name__)
@@ -266,16 +266,9 @@ def write_data(data: dict[str, list[Record]], folder: Path) -> dict[str, str]:
                        for r in records)
         path = folder / f"{name}.jsonl"
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            _write_atomic(path, text)
+            write_text_atomic(path, text)
         paths[name] = str(path)
     return paths
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --- step 2: the leaky and the retain model ----------------------------------------------------
@@ -349,7 +342,7 @@ def run_method(name: str, s: BenchSettings, leaky: Path, files: dict[str, str],
             calibration_cache=str(folder.parent / "calibration.json"))
         record = unlearn(config)
     spent = {"wall_time_s": round(time.perf_counter() - clock, 1), "resumed": resumed}
-    _write_atomic(timing, json.dumps(spent))
+    write_text_atomic(timing, json.dumps(spent))
     log.info("  %s: stopped after epoch %d (%s), %.0f s", name, record["stopped"]["epoch"],
              record["stopped"]["reason"], spent["wall_time_s"])
     return {"record": record, **spent}

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from unlearnlm.data import eval_sets
@@ -47,6 +45,7 @@ from unlearnlm.metrics.scores import (
     token_entropy,
 )
 from unlearnlm.paths import data_root
+from unlearnlm.rundir import write_json
 
 log = logging.getLogger(__name__)
 
@@ -250,18 +249,8 @@ def extraction_nonmembers(limit: int | None) -> list[Record]:
 
 
 def write_results(result: dict, out_dir: str | Path) -> Path:
-    """Write ``eval.json`` into ``out_dir`` atomically (a temporary file, then ``os.replace``)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".eval.json.", dir=out)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(result, file, indent=2, ensure_ascii=False)
-        os.replace(temporary, out / "eval.json")
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return out / "eval.json"
+    """Write ``eval.json`` into ``out_dir`` atomically (``rundir.write_json``)."""
+    return write_json(Path(out_dir) / "eval.json", result)
 
 
 def plan_tasks(tasks: str | None, has_forget: bool) -> list[str]:

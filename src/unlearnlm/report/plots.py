@@ -6,7 +6,7 @@
   built once and rendered twice: markdown (plots are named, they live only in the HTML) and one
   self-contained HTML page (inline CSS, every plot a ``data:image/png;base64`` image, no URL).
   All text is escaped: generations may hold ``<`` or ``&``.
-- ``write_report``: both files, each through a temporary file and ``os.replace``.
+- ``write_report``: both files, each written atomically (``rundir.write_text_atomic``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +23,8 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from unlearnlm.rundir import write_text_atomic  # noqa: E402
 
 METRIC_NAMES = {"ma": "MA", "el": "EL", "bleu": "BLEU", "bertscore": "BERTScore"}
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
@@ -239,18 +239,6 @@ _HTML = {
     "table": _html_table,
     "image": _html_image,
 }
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder, then ``os.replace``."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_report(report: Report, out_dir: Path) -> tuple[Path, Path]:

@@ -11,13 +11,13 @@ equal the input model's.
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
 from unlearnlm.errors import UnlearnError
+from unlearnlm.rundir import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -54,10 +54,9 @@ def save_checkpoint(out: str | Path, model, optimizer, state: dict) -> Path:
     """Write the checkpoint of a finished epoch atomically."""
     folder = partial_dir(out)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{CHECKPOINT}.tmp"
     payload = {**state, "params": trainable_state(model), "optimizer": optimizer.state_dict()}
-    torch.save(payload, tmp)
-    os.replace(tmp, folder / CHECKPOINT)
+    with atomic_path(folder / CHECKPOINT) as temporary:
+        torch.save(payload, temporary)
     return folder / CHECKPOINT
 
 

@@ -16,7 +16,6 @@ import copy
 import json
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from unlearnlm.errors import UnlearnError
 from unlearnlm.lm.loading import load_model, save_model, train_last_layers, weights_sha256
 from unlearnlm.methods.losses import METHODS, batches_needed, combined_loss, needs_reference
 from unlearnlm.metrics.scores import perplexity
-from unlearnlm.rundir import RunDir, environment_versions
+from unlearnlm.rundir import RunDir, environment_versions, write_json
 from unlearnlm.settings import UnlearnConfig
 from unlearnlm.train.checkpoint import (
     load_checkpoint,
@@ -423,11 +422,7 @@ def _cached_thresholds(config, model_hash: str | None, compute) -> Thresholds:
         log.info("Reusing the calibrated thresholds in %s", cache)
         return Thresholds(**stored["thresholds"])
     thresholds = compute()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_name(cache.name + ".partial")
-    partial.write_text(json.dumps({"key": key, "thresholds": thresholds.as_dict()}, indent=2),
-                       encoding="utf-8")
-    os.replace(partial, cache)
+    write_json(cache, {"key": key, "thresholds": thresholds.as_dict()})
     return thresholds
 
 
