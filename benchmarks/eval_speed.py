@@ -48,6 +48,7 @@ from unlearnlm.metrics.scores import (
     memorization_accuracy,
 )
 from unlearnlm.paths import cache_root, data_root
+from unlearnlm.rundir import write_text_atomic
 
 METRICS = ("ma", "el", "generation", "bleu", "bertscore")
 LABELS = {
@@ -93,24 +94,17 @@ def extraction_records(forget_csv: Path, count: int) -> list[Record]:
 
 def memorised_model(spec: str, records: list[Record]):
     """``spec`` fine-tuned on the records until it reproduces them (cached; not timed)."""
-    from unlearnlm.train.finetune import finetune
+    from unlearnlm.train.finetune import cached_finetune
 
-    name = f"eval-speed-{Path(spec).name}-{len(records)}"
-    out = cache_root() / "benchmarks" / name
-    if not (out / "finetune.json").is_file():
-        data = cache_root() / "benchmarks" / f"{name}.jsonl"
-        data.parent.mkdir(parents=True, exist_ok=True)
-        with open(data, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps({"id": record.id, "text": record.text}) + "\n")
-        assert [r.text for r in read_records(data)] == [r.text for r in records]
-        print(f"fine-tuning {spec} on the {len(records)} samples (once, cached in {out}) ...")
-        start = time.perf_counter()
-        finetune(spec, str(data), str(out), max_epochs=40, progress=False)
-        print(f"  done in {time.perf_counter() - start:.0f} s")
-    record = json.loads((out / "finetune.json").read_text())
+    data = cache_root() / "benchmarks" / f"eval-speed-{len(records)}.jsonl"
+    write_text_atomic(data, "".join(json.dumps({"id": r.id, "text": r.text}) + "\n"
+                                    for r in records))
+    assert [r.text for r in read_records(data)] == [r.text for r in records]
+    start = time.perf_counter()
+    out, record = cached_finetune(spec, data, f"eval-speed-{len(records)}", say=print,
+                                  max_epochs=40, progress=False)
     print(f"memorised model: {out} (suffix token accuracy {record['suffix_accuracy']:.3f} "
-          f"after {len(record['epochs'])} epochs)")
+          f"after {len(record['epochs'])} epochs; {time.perf_counter() - start:.0f} s here)")
     return load_model(str(out))
 
 

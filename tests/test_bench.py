@@ -98,7 +98,7 @@ def test_claims_follow_the_numbers():
 
 def _stamps(out, cache):
     files = [*out.glob("methods/*/model.safetensors"), *out.glob("methods/*/run.json"),
-             *out.glob("eval/*/eval.json"), *cache.glob("bench/*/model.safetensors")]
+             *out.glob("eval/*/eval.json"), *cache.glob("finetuned/*/model.safetensors")]
     return {str(p): p.stat().st_mtime_ns for p in files}
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from test_generation import lookup_model
+from unlearnlm.data.texts import Sample
 from unlearnlm.errors import UnlearnError
 from unlearnlm.lm.generation import generate_continuations
 from unlearnlm.lm.interface import LM
@@ -28,7 +29,9 @@ from unlearnlm.metrics.scores import (
     ngram_overlap,
     perplexity,
     sequence_nll,
+    suffix_memorization_accuracy,
     token_entropy,
+    whole_text_memorization_accuracy,
 )
 
 # after 1,2,3 the table agrees; after 4 it says 5 (x_4 = 7: miss); after 2 it says 3 (x_8 = 5: miss)
@@ -60,6 +63,55 @@ def test_memorization_accuracy_rejects_bad_start_and_short_sequences():
         memorization_accuracy(model, [SEQ], start=0)
     with pytest.raises(UnlearnError, match="sequence 1 has 3"):
         memorization_accuracy(model, [SEQ, [1, 2, 3]], start=3)
+
+
+def test_suffix_and_whole_text_ma_by_hand():
+    """The two named scopes of MA on SEQ split after 5 tokens (hits as in the test above):
+    suffix = positions 5..9 -> 4/5; whole text = positions 1..9 -> 7/9. [3, 4 | 5, 1]: suffix
+    t = 2, 3: 5 is right, 1 is not (6 predicted) -> 1/2; whole text t = 1..3: 2/3. Starts may
+    differ per sequence in one call."""
+    model = lookup_model()
+    samples = [Sample("a", "", SEQ[:5], SEQ[5:]), Sample("b", "", [3, 4], [5, 1])]
+    assert suffix_memorization_accuracy(model, samples) == pytest.approx([4 / 5, 1 / 2])
+    assert whole_text_memorization_accuracy(model, samples) == pytest.approx([7 / 9, 2 / 3])
+    assert memorization_accuracy(model, [SEQ, [3, 4, 5, 1]], [5, 2]) == pytest.approx([4 / 5, 0.5])
+    with pytest.raises(UnlearnError, match="2 starts for 1 sequences"):
+        memorization_accuracy(model, [SEQ], [1, 2])
+
+
+def _knowledge_unlearning_ma_el(model, tokens: list[int], n: int) -> tuple[float, float]:
+    """``validation_ma`` and ``validation_el`` of the knowledge-unlearning code (Jang et al.
+    2023, models/Neo_Model.py), transcribed for one sample: ``generate`` once per position."""
+    ids = torch.tensor([tokens])
+    greedy = {"do_sample": False, "num_beams": 1, "pad_token_id": 0, "eos_token_id": None}
+    max_len = len(tokens)
+    preds = [int(model.generate(ids[:, :i], max_length=i + 1, **greedy)[0, -1])
+             for i in range(1, max_len)]
+    ma = sum(p == t for p, t in zip(preds, tokens[1:], strict=True)) / len(preds)
+    numerator = 0.0
+    for i in reversed(range(1, max_len)):
+        pred = model.generate(ids[:, :i], max_length=max_len, **greedy)[0, i:].tolist()
+        label = tokens[i:max_len]
+        p_ngram = [tuple(pred[j : j + n]) for j in range(len(pred) - n + 1)]
+        l_ngram = [tuple(label[j : j + n]) for j in range(len(label) - n + 1)]
+        if l_ngram:
+            numerator += len([g for g in p_ngram if g in set(l_ngram)]) / len(l_ngram)
+    return ma, numerator / (max_len - 1 - (n - 1))
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_ma_and_el_agree_with_the_knowledge_unlearning_code(tiny_llama, n):
+    """Whole-text MA and EL_n from start 1 are the official code's numbers to float precision,
+    on a random model (few argmax hits) and on texts it continues itself (many)."""
+    seqs = _random_sequences(range(3, 300), [12, 9], seed=11)
+    own = generate_continuations(tiny_llama, [seqs[0][:4]], 8, pad_token_id=0, eos_token_id=None)
+    seqs.append(seqs[0][:4] + own[0])
+    ma = memorization_accuracy(tiny_llama, seqs, start=1)
+    el = extraction_likelihood(tiny_llama, seqs, start=1, n=n, pad_token_id=0)
+    official = [_knowledge_unlearning_ma_el(tiny_llama, s, n) for s in seqs]
+    assert ma == pytest.approx([o[0] for o in official], abs=1e-9)
+    assert el == pytest.approx([o[1] for o in official], abs=1e-9)
+    assert ma[-1] > 0.5 and el[-1] > 0.5  # the self-continued text is reproduced
 
 
 def test_memorization_accuracy_batched_equals_single_on_a_real_model(tiny_llama):

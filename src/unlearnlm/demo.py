@@ -14,8 +14,6 @@ The story, step by step on the console:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -100,29 +98,14 @@ def make_data(out: Path, s: DemoSettings) -> dict[str, list[dict]]:
 
 def leaky_model(out: Path, s: DemoSettings, train_file: Path) -> tuple[Path, dict]:
     """Fine-tune the base model on the training records, or reuse the cached result."""
-    from unlearnlm.paths import cache_root
-    from unlearnlm.train.finetune import finetune
+    from unlearnlm.train.finetune import cached_finetune
 
-    key = hashlib.sha256(
-        json.dumps([s.model, s.seed, s.forget, s.keep, s.finetune_lr, s.finetune_epochs,
-                    s.batch_size, s.mixed_precision, s.trainable_layers, s.finetune_target,
-                    train_file.read_text()]).encode()
-    ).hexdigest()[:16]
-    cached = cache_root() / "demo" / f"leaky-{key}"
-    if (cached / "finetune.json").is_file():
-        record = json.loads((cached / "finetune.json").read_text())
-        _say(f"  Reusing the cached leaky model ({cached}).")
-        return cached, record
-    _say(f"  Fine-tuning {s.model} on {s.forget + s.keep} records (lr {s.finetune_lr}, "
-         f"bf16 autocast: {s.mixed_precision == 'bf16'}) until it recites them...")
-    record = finetune(
-        s.model, str(train_file), str(cached), max_epochs=s.finetune_epochs, lr=s.finetune_lr,
-        batch_size=s.batch_size, target_accuracy=s.finetune_target, prefix_tokens=50,
-        suffix_tokens=None,
+    return cached_finetune(
+        s.model, train_file, "leaky", say=lambda line: _say(f"  {line}"),
+        max_epochs=s.finetune_epochs, lr=s.finetune_lr, batch_size=s.batch_size,
+        target_accuracy=s.finetune_target, prefix_tokens=50, suffix_tokens=None,
         mixed_precision=s.mixed_precision, seed=s.seed, trainable_layers=s.trainable_layers,
-        overwrite=True,
     )
-    return cached, record
 
 
 def probe(model, tokenizer, records: list[dict], mixed_precision: str) -> list[dict]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
-import hashlib
 import json
 import logging
 import random
@@ -274,36 +273,16 @@ def write_data(data: dict[str, list[Record]], folder: Path) -> dict[str, str]:
 # --- step 2: the leaky and the retain model ----------------------------------------------------
 
 
-def _model_identity(spec: str) -> str:
-    from unlearnlm.lm.loading import resolve_model, weights_sha256
+def finetuned_model(kind: str, s: BenchSettings, data_file: str) -> tuple[Path, dict]:
+    """The base model fine-tuned on ``data_file`` (``train.finetune.cached_finetune``)."""
+    from unlearnlm.train.finetune import cached_finetune
 
-    source = resolve_model(spec)
-    return spec if source.kind == "hub" else weights_sha256(source.path)
-
-
-def finetuned_model(kind: str, s: BenchSettings, identity: str, texts: list[str],
-                    data_file: str) -> tuple[Path, dict]:
-    """The base model fine-tuned on ``texts`` (cached by a hash of everything that shapes it)."""
-    from unlearnlm.paths import cache_root
-    from unlearnlm.train.finetune import finetune
-
-    recipe = [identity, texts_sha256(texts), s.finetune_lr, s.finetune_epochs, s.finetune_target,
-              s.batch_size, s.prefix_tokens, s.suffix_tokens, s.mixed_precision, s.seed,
-              s.trainable_layers]
-    key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
-    folder = cache_root() / "bench" / f"{kind}-{key}"
-    if (folder / "finetune.json").is_file():
-        log.info("  Reusing the %s model in %s", kind, folder)
-        return folder, json.loads((folder / "finetune.json").read_text(encoding="utf-8"))
-    log.info("  Fine-tuning %s on %d texts into the %s model (lr %g, at most %d epochs, until "
-             "suffix token accuracy %.2f)", s.model, len(texts), kind, s.finetune_lr,
-             s.finetune_epochs, s.finetune_target)
-    record = finetune(
-        s.model, data_file, str(folder), max_epochs=s.finetune_epochs, lr=s.finetune_lr,
-        batch_size=s.batch_size, target_accuracy=s.finetune_target,
-        prefix_tokens=s.prefix_tokens, suffix_tokens=s.suffix_tokens,
-        mixed_precision=s.mixed_precision, seed=s.seed, trainable_layers=s.trainable_layers,
-        overwrite=True,
+    folder, record = cached_finetune(
+        s.model, data_file, kind, say=lambda line: log.info("  %s", line),
+        max_epochs=s.finetune_epochs, lr=s.finetune_lr, batch_size=s.batch_size,
+        target_accuracy=s.finetune_target, prefix_tokens=s.prefix_tokens,
+        suffix_tokens=s.suffix_tokens, mixed_precision=s.mixed_precision, seed=s.seed,
+        trainable_layers=s.trainable_layers,
     )
     if not record["memorised"]:
         log.warning("  The %s model reached suffix token accuracy %.3f only, under the target "
@@ -420,14 +399,8 @@ def run_bench(settings: BenchSettings | None = None) -> dict:
     log.info("  %s", ", ".join(f"{len(data[r])} {r}" for r in ROLES))
 
     log.info("Step 2/5  The leaky model (forget + retain) and the retain model (retain only)")
-    identity = _model_identity(s.model)
-    models = {
-        "leaky": finetuned_model("leaky", s, identity,
-                                 [r.text for r in data["forget"] + data["retain"]],
-                                 files["leaky_train"]),
-        "retain": finetuned_model("retain", s, identity, [r.text for r in data["retain"]],
-                                  files["retain"]),
-    }
+    models = {"leaky": finetuned_model("leaky", s, files["leaky_train"]),
+              "retain": finetuned_model("retain", s, files["retain"])}
     leaky_dir = models["leaky"][0]
 
     log.info("Step 3/5  Unlearning, each method from the leaky model: %s", ", ".join(s.methods))

@@ -40,8 +40,8 @@ from unlearnlm.metrics.scores import (
     bleu_scores,
     extraction_likelihood,
     mean,
-    memorization_accuracy,
     perplexity,
+    suffix_memorization_accuracy,
     token_entropy,
 )
 from unlearnlm.paths import data_root
@@ -73,20 +73,9 @@ def resolve_tasks(names: list[str] | None) -> list[str]:
 # --- forget-set metrics ------------------------------------------------------------------------
 
 
-def _by_prefix_length(samples: list[Sample]) -> dict[int, list[int]]:
-    groups: dict[int, list[int]] = {}
-    for i, sample in enumerate(samples):
-        groups.setdefault(len(sample.prefix_ids), []).append(i)
-    return groups
-
-
 def memorisation_scores(model, tokenizer, samples: list[Sample], el_n: int = 10) -> dict:
     """Per sample: EL_n and MA scored on the suffix positions (start = prefix length)."""
-    ma = [0.0] * len(samples)
-    for start, indices in _by_prefix_length(samples).items():
-        sequences = [samples[i].input_ids for i in indices]
-        for i, value in zip(indices, memorization_accuracy(model, sequences, start), strict=True):
-            ma[i] = value
+    ma = suffix_memorization_accuracy(model, samples)
     el = extraction_likelihood(model, [s.input_ids for s in samples],
                                [len(s.prefix_ids) for s in samples], el_n,
                                pad_token_id=tokenizer.pad_token_id)

@@ -1,7 +1,9 @@
 """Forgetting and fluency metrics: one value per sample, aggregated separately with ``mean``.
 
 - ``memorization_accuracy`` (MA) and ``extraction_likelihood`` (EL_n) measure how much of a token
-  sequence the model reproduces; both take token ids and a causal LM.
+  sequence the model reproduces; both take token ids and a causal LM. MA comes in two named
+  scopes: ``suffix_memorization_accuracy`` (eval, finetune) and
+  ``whole_text_memorization_accuracy`` (the unlearning loop's stop test).
 - ``bleu`` and ``bertscore_f1`` compare a generated text with the true one (IUR's drop test).
 - ``token_entropy`` of one generation falls when a model collapses into repeating itself.
 - ``perplexity`` (one number for a corpus) and ``sequence_nll`` (one per sample) score fluency.
@@ -22,6 +24,7 @@ from collections.abc import Hashable, Sequence
 import torch
 import torch.nn.functional as F
 
+from unlearnlm.data.texts import Sample
 from unlearnlm.errors import UnlearnError
 from unlearnlm.lm.interface import as_lm
 
@@ -59,23 +62,54 @@ def _summed_nll(model, sequences: list[list[int]], batch_size: int) -> list[floa
 
 
 def memorization_accuracy(
-    model, sequences: list[list[int]], start: int = 1, batch_size: int = 16
+    model, sequences: list[list[int]], start: int | list[int] = 1, batch_size: int = 16
 ) -> list[float]:
     """MA (Tirumala et al. 2022, "Memorization Without Overfitting"), one value per sequence.
 
     The share of positions t in [start, T) where the teacher-forced argmax P(. | x_<t) equals
-    x_t, from one forward pass per batch (the official ICU code called ``generate`` once per
-    position). ``start=1`` scores every token that has a context.
+    x_t, from one forward pass per batch (the official code called ``generate`` once per
+    position). ``start=1`` scores every token that has a context; ``start`` may also be one value
+    per sequence. The two uses in the package are named after what they cover:
+    ``suffix_memorization_accuracy`` and ``whole_text_memorization_accuracy``.
     """
-    if start < 1:
-        raise UnlearnError(f"start is {start}; MA needs start >= 1 (x_0 has no context)")
-    _check_lengths(sequences, start + 1, f"memorization_accuracy with start={start}")
+    starts = [start] * len(sequences) if isinstance(start, int) else list(start)
+    if len(starts) != len(sequences):
+        raise UnlearnError(f"{len(starts)} starts for {len(sequences)} sequences; give one each")
+    if starts and min(starts) < 1:
+        raise UnlearnError(f"start is {min(starts)}; MA needs start >= 1 (x_0 has no context)")
+    short = [i for i, (seq, first) in enumerate(zip(sequences, starts, strict=True))
+             if len(seq) <= first]
+    if short:
+        raise UnlearnError(
+            f"memorization_accuracy with start={starts[short[0]]} needs sequences of at least "
+            f"{starts[short[0]] + 1} tokens; sequence {short[0]} has {len(sequences[short[0]])} "
+            f"({len(short)} too short in all)"
+        )
     predictions = next_token_argmax(model, sequences, batch_size)
     scores = []
-    for tokens, predicted in zip(sequences, predictions, strict=True):
-        hits = sum(predicted[t - 1] == tokens[t] for t in range(start, len(tokens)))
-        scores.append(hits / (len(tokens) - start))
+    for tokens, predicted, first in zip(sequences, predictions, starts, strict=True):
+        hits = sum(predicted[t - 1] == tokens[t] for t in range(first, len(tokens)))
+        scores.append(hits / (len(tokens) - first))
     return scores
+
+
+def suffix_memorization_accuracy(
+    model, samples: list[Sample], batch_size: int = 16
+) -> list[float]:
+    """MA over each sample's suffix (positions t >= prefix length): the part of an ICU sample
+    that must not be reproduced, the positions EL_n starts from in ``unlearnlm eval``.
+    ``unlearnlm eval`` and ``finetune`` (its "suffix token accuracy") report it."""
+    return memorization_accuracy(model, [s.input_ids for s in samples],
+                                 [len(s.prefix_ids) for s in samples], batch_size)
+
+
+def whole_text_memorization_accuracy(
+    model, samples: list[Sample], batch_size: int = 16
+) -> list[float]:
+    """MA over each sample's whole text (every position t >= 1, prefix included), as the
+    knowledge-unlearning code scores its targets. The unlearning loop's stop test and its
+    calibration use it (``run.json``'s per-epoch ``ma``)."""
+    return memorization_accuracy(model, [s.input_ids for s in samples], 1, batch_size)
 
 
 def ngram_overlap(generated: Sequence[Hashable], reference: Sequence[Hashable], n: int) -> float:

@@ -1,50 +1,45 @@
 """``finetune()``: train a model on texts until it has memorised them.
 
 Used to build the "leaky" model of the honest protocol (fine-tune on forget + retain data until
-the forget set is memorised) and the "retain" model (retain data only). Training is plain NLL on
-every token; after each epoch the mean suffix token accuracy (teacher-forced argmax == true token
-over the suffix) is measured, and training stops once it reaches ``target_accuracy``.
+the forget set is memorised) and the "retain" model (retain data only). ``cached_finetune`` is
+the one way the bench, the demo and the benchmark scripts get such a model: it fine-tunes once
+and keeps the result in the cache folder, keyed by a hash of everything that shapes it.
+
+Training is plain NLL on every token. After each epoch the mean suffix token accuracy is
+measured (the suffix MA, ``metrics.scores.suffix_memorization_accuracy``: teacher-forced argmax
+== true token over the suffix), and training stops once it reaches ``target_accuracy``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from unlearnlm.data.batches import collate
-from unlearnlm.data.texts import Sample, file_sha256, read_records, split_records
-from unlearnlm.lm.loading import load_model, save_model, train_last_layers
+from unlearnlm.data.texts import file_sha256, read_records, split_records
+from unlearnlm.lm.loading import (
+    load_model,
+    resolve_model,
+    save_model,
+    train_last_layers,
+    weights_sha256,
+)
 from unlearnlm.methods.losses import nll
+from unlearnlm.metrics.scores import suffix_memorization_accuracy
+from unlearnlm.paths import cache_root
 from unlearnlm.rundir import RunDir, environment_versions
 from unlearnlm.settings import FinetuneSettings
 
 log = logging.getLogger(__name__)
-
-
-def suffix_accuracy(
-    model, samples: list[Sample], pad_token_id: int, batch_size: int = 16
-) -> list[float]:
-    """Per sample: share of suffix tokens the model predicts exactly (teacher forcing)."""
-
-    device = next(model.parameters()).device
-    out: list[float] = []
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(samples), batch_size):
-            chunk = samples[i : i + batch_size]
-            batch = collate([s.input_ids for s in chunk], [len(s.prefix_ids) for s in chunk],
-                            pad_token_id, device)
-            logits = model(input_ids=batch["input_ids"],
-                           attention_mask=batch["attention_mask"]).logits
-            hits = (logits[:, :-1].argmax(-1) == batch["input_ids"][:, 1:]).float()  # (B, T-1)
-            mask = batch["loss_mask"][:, 1:].float()
-            out += ((hits * mask).sum(-1) / mask.sum(-1).clamp(min=1)).tolist()
-    return out
 
 
 def finetune(
@@ -83,7 +78,7 @@ def finetune(
         loss = _epoch(policy, optimizer, accelerator, samples, s.batch_size, rng, pad, progress,
                       epoch)
         with accelerator.autocast():
-            acc = suffix_accuracy(policy, samples, pad)
+            acc = suffix_memorization_accuracy(policy, samples)
         mean_acc = sum(acc) / len(acc)
         record["epochs"].append({"epoch": epoch, "loss": loss, "suffix_accuracy": mean_acc})
         log.info("fine-tune epoch %d: loss %.3f, suffix token accuracy %.3f", epoch, loss,
@@ -106,6 +101,35 @@ def _new_record(s: FinetuneSettings) -> dict:
         "settings": {name: getattr(s, name) for name in recorded},
         "versions": environment_versions(), "epochs": [],
     }
+
+
+def model_identity(spec: str) -> str:
+    """What names a model's weights: the hash of its weight files, or the hub id as given."""
+    source = resolve_model(spec)
+    return spec if source.kind == "hub" else weights_sha256(source.path)
+
+
+def cached_finetune(
+    model: str, data: str | Path, name: str, *, say: Callable[[str], None] = log.info,
+    **settings,
+) -> tuple[Path, dict]:
+    """``finetune(model, data, ...)`` once, kept in ``<cache>/finetuned/<name>-<key>``; later
+    calls with the same model weights, data bytes and ``settings`` (``finetune``'s keyword
+    arguments) return that folder and its ``finetune.json`` record without training.
+
+    ``say`` receives one line: that the cached model is reused, or that it is being built.
+    """
+    key_settings = {k: v for k, v in settings.items() if k != "progress"}
+    recipe = {"model": model_identity(model), "data_sha256": file_sha256(data),
+              "settings": key_settings}
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_root() / "finetuned" / f"{name}-{key}"
+    if (folder / "finetune.json").is_file():
+        say(f"Reusing the cached {name} model ({folder}).")
+        return folder, json.loads((folder / "finetune.json").read_text(encoding="utf-8"))
+    shown = ", ".join(f"{k} {v}" for k, v in key_settings.items())
+    say(f"Fine-tuning {model} on {data} into the {name} model ({shown}); cached in {folder}.")
+    return folder, finetune(model, str(data), str(folder), overwrite=True, **settings)
 
 
 def _epoch(model, optimizer, accelerator, samples, batch_size, rng, pad, progress, epoch) -> float:

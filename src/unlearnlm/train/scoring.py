@@ -21,7 +21,7 @@ from unlearnlm.metrics.scores import (
     bertscore_f1,
     bleu_scores,
     extraction_likelihood,
-    memorization_accuracy,
+    whole_text_memorization_accuracy,
 )
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,9 @@ def generation_scores(model, tokenizer, samples: list[Sample], config) -> list[d
 def memorisation_scores(
     model, samples: list[Sample], pad_token_id: int, el_n: int, with_el: bool = True
 ) -> dict:
-    """Per sample MA (all positions) and, when asked, EL_n (start positions over the suffix)."""
-    ma = memorization_accuracy(model, [s.input_ids for s in samples], start=1) if samples else []
+    """Per sample the whole-text MA (every position, prefix included) and, when asked, EL_n
+    (start positions over the suffix): what the stop test and its calibration compare."""
+    ma = whole_text_memorization_accuracy(model, samples) if samples else []
     el = el_scores(model, samples, pad_token_id, el_n) if with_el else [None] * len(samples)
     return {"ma": [float(v) for v in ma], "el": el}
 
