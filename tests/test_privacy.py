@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import zlib
 
 import pytest
 import torch
 
 from conftest import CALIBRATION_RECORDS, FORGET_RECORDS, POOL_RECORDS
-from unlearnlm.data.texts import Record, split_records
+from unlearnlm.data.texts import Record, Sample, split_records
 from unlearnlm.errors import UnlearnError
 from unlearnlm.evaluate.privacy import (
     SIGNALS,
@@ -16,6 +17,7 @@ from unlearnlm.evaluate.privacy import (
     forgetting_verdict,
     lowest_k_mean,
     membership_audit,
+    membership_scores,
     percentile_of,
     token_scores_from_logits,
 )
@@ -53,6 +55,33 @@ def test_min_k_plus_plus_by_hand():
     assert log_probs == pytest.approx([-math.log(2), -2 * math.log(2), -2 * math.log(2)], abs=1e-6)
     assert normalised == pytest.approx([1.0, -1.0, -1.0], abs=1e-5)
     assert lowest_k_mean(normalised, 0.2) == pytest.approx(-1.0, abs=1e-5)  # max(1, int(0.6))
+
+
+class _DigitTokenizer:
+    """Token a decodes to the digit a, tokens joined by spaces."""
+
+    @staticmethod
+    def decode(ids, skip_special_tokens=True):
+        return " ".join(str(i) for i in ids)
+
+
+def test_zlib_score_is_mean_nll_over_zlib_entropy_by_hand():
+    """Carlini et al. 2021 / MIMIR / open-unlearning: log-perplexity over zlib entropy.
+
+    The lookup model gives P = 1/2 to a + 1 (mod 8) after a and 1/14 to the others.
+    [1, 2, 3, 4, 7, 0] predicts 2, 3, 4 and 0 right, 7 wrong (5 after 4): mean NLL =
+    (4 ln 2 + ln 14) / 5 = 1.08233. The text "1 2 3 4 7 0" compresses to 19 bytes with zlib, so
+    zlib = 1.08233 / 19 = 0.056965 (summing the NLL instead, the former definition, gave 5 times
+    that)."""
+    from test_generation import lookup_model
+
+    sample = Sample("a", "", [1, 2, 3], [4, 7, 0])
+    scores = membership_scores(lookup_model(), _DigitTokenizer(), [sample])
+    mean_nll = (4 * math.log(2) + math.log(14)) / 5
+    assert len(zlib.compress(b"1 2 3 4 7 0")) == 19
+    assert scores["loss"] == pytest.approx([mean_nll], rel=1e-5)
+    assert scores["zlib"] == pytest.approx([mean_nll / 19], rel=1e-5)
+    assert scores["zlib"][0] == pytest.approx(0.056965, abs=1e-6)
 
 
 def test_leaky_model_is_caught(leaky_llama_dir):

@@ -8,8 +8,10 @@ saw) says how well that score tells them apart. Before unlearning a leaky model 
 Signals, all from one teacher-forced pass per batch (log p_t = log P(x_t | x_<t), t = 1..T-1):
 
 - ``loss``: mean NLL (Yeom et al. 2018). Lower = more likely a member.
-- ``zlib``: summed NLL / length in bytes of the zlib-compressed text (Carlini et al. 2021,
-  "Extracting Training Data from Large Language Models"). Lower = more likely a member.
+- ``zlib``: log-perplexity (the mean NLL, as ``loss``) / zlib entropy of the text (the length in
+  bytes of its zlib-compressed UTF-8), as Carlini et al. 2021 ("Extracting Training Data from
+  Large Language Models") define it and MIMIR and open-unlearning compute it. Lower = more likely
+  a member.
 - ``min_k``: mean of the lowest k% of the log p_t, k = 20 (Shi et al. 2024, "Detecting
   Pretraining Data from Large Language Models"). Higher = more likely a member.
 - ``min_k_plus_plus``: per token (log p_t - mu_t) / sigma_t, where mu_t and sigma_t are the
@@ -88,10 +90,10 @@ def membership_scores(
     per_token = token_scores(model, [s.input_ids for s in samples])
     scores: dict[str, list[float]] = {name: [] for name in SIGNALS}
     for sample, (log_probs, normalised) in zip(samples, per_token, strict=True):
-        nll_sum = -sum(log_probs)
+        mean_nll = -sum(log_probs) / len(log_probs)
         text = tokenizer.decode(sample.input_ids, skip_special_tokens=True)
-        scores["loss"].append(nll_sum / len(log_probs))
-        scores["zlib"].append(nll_sum / len(zlib.compress(text.encode("utf-8"))))
+        scores["loss"].append(mean_nll)
+        scores["zlib"].append(mean_nll / len(zlib.compress(text.encode("utf-8"))))
         scores["min_k"].append(lowest_k_mean(log_probs, k))
         scores["min_k_plus_plus"].append(lowest_k_mean(normalised, k))
     return scores
