@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from unlearnlm.rundir import write_text_atomic
+
 PRIVATE_FIELDS = ("phone", "email", "address", "id_number")
 
 # General prompts whose continuations show whether the demo model still writes fluent text.
@@ -64,10 +66,6 @@ def leaked_fields(generation: str, record: dict[str, str]) -> dict[str, bool]:
 
 def write_records(path: str | Path, records: list[dict[str, str]]) -> Path:
     """Write records as JSONL with id, prefix, suffix (the fields the readers take)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        for r in records:
-            handle.write(json.dumps({"id": r["id"], "prefix": r["prefix"], "suffix": r["suffix"]}))
-            handle.write("\n")
-    return path
+    return write_text_atomic(path, "".join(
+        json.dumps({"id": r["id"], "prefix": r["prefix"], "suffix": r["suffix"]}) + "\n"
+        for r in records))
