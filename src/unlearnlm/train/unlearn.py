@@ -564,7 +564,7 @@ def _stop_reason(entry: dict, thresholds: Thresholds, active: list[bool]) -> str
         sign = thresholds.sign
         return (
             f"forget set under the EL/MA thresholds (EL {mean['el']:.4f} {sign} "
-            f"{thresholds.el:.4f}, MA {mean['ma']:.4f} {sign} {thresholds.ma:.4f})"
+            f"{thresholds.el:.4f}, whole-text MA {mean['ma']:.4f} {sign} {thresholds.ma:.4f})"
         )
     return None
 
