@@ -12,7 +12,8 @@ from unlearnlm import UnlearnConfig, unlearn
 from unlearnlm.errors import UnlearnError
 from unlearnlm.lm.loading import weights_sha256
 
-TINY = dict(prefix_tokens=4, suffix_tokens=None, batch_size=2)
+TINY = dict(method="icu", prefix_tokens=4, suffix_tokens=None, batch_size=2)
+NO_METHOD = {k: v for k, v in TINY.items() if k != "method"}
 
 
 def _weights(path):
@@ -139,7 +140,7 @@ def test_stops_once_the_forget_set_is_under_the_el_ma_thresholds(
     EL/MA rule fires after the first epoch; with max_epochs 2 and unreachable thresholds the run
     ends at max_epochs."""
     common = dict(model=str(tiny_gptneo_dir), forget=str(record_files["forget"]), method="ga",
-                  lr=1e-4, **TINY)
+                  lr=1e-4, **NO_METHOD)
     record = unlearn(out=str(tmp_path / "a"), el_threshold=1.1, ma_threshold=1.1, **common)
     assert record["stopped"]["epoch"] == 1
     assert "EL/MA thresholds" in record["stopped"]["reason"]

@@ -17,7 +17,8 @@ from unlearnlm import unlearn
 from unlearnlm.errors import UnlearnError
 from unlearnlm.train.checkpoint import CHECKPOINT, partial_dir
 
-TINY = dict(prefix_tokens=4, suffix_tokens=None, batch_size=2)
+TINY = dict(method="icu", prefix_tokens=4, suffix_tokens=None, batch_size=2)
+NO_METHOD = {k: v for k, v in TINY.items() if k != "method"}
 
 
 def _weights(path):
@@ -32,7 +33,7 @@ def test_collapse_guard_rolls_back_to_the_last_good_epoch(leaky_llama_dir, recor
     record = unlearn(
         model=str(leaky_llama_dir), forget=str(record_files["forget"]),
         calibrate_on=str(record_files["calibration"]), out=str(out), method="ga", lr=0.5,
-        max_epochs=5, guard_ppl_factor=1.5, guard_max_rollbacks=1, **TINY,
+        max_epochs=5, guard_ppl_factor=1.5, guard_max_rollbacks=1, **NO_METHOD,
     )
     events = record["guard"]["events"]
     assert [e["action"] for e in events] == ["lower lr", "stop"]
@@ -47,7 +48,7 @@ def test_guard_off_lets_the_collapse_through(leaky_llama_dir, record_files, tmp_
     record = unlearn(
         model=str(leaky_llama_dir), forget=str(record_files["forget"]),
         calibrate_on=str(record_files["calibration"]), out=str(tmp_path / "run"), method="ga",
-        lr=0.5, max_epochs=1, guard_ppl_factor=None, **TINY,
+        lr=0.5, max_epochs=1, guard_ppl_factor=None, **NO_METHOD,
     )
     assert record["guard"]["events"] == []
 

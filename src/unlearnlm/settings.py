@@ -193,14 +193,17 @@ class UnlearnConfig(Settings):
         "for the same model weights, calibration texts and scoring settings, else calibrated "
         "anew and written; null: calibrate in every run"
     )
-    method: str = _f("icu", "unlearning method (see `unlearnlm methods`)", choices=_method_names)
+    method: str = _f("relabel", "unlearning method (see `unlearnlm methods`)",
+                     choices=_method_names)
     loss_weights: dict[str, float] = _f({}, "override the method's loss weights, by term name",
                                         flag="loss-weight")
     dpo_preferred: str = _f(
         "other", "dpo's preferred answer: 'other' (a random retain/pool text's suffix) or "
         "'refusal' (\" I don't know.\")", choices=("other", "refusal")
     )
-    lr: float = shared("lr", 5e-6, "learning rate (paper: 5e-6)")
+    lr: float | None = shared(
+        "lr", None, "learning rate; null: the method's own (relabel 1e-4; ICU and the baselines "
+        "5e-6, the paper's)")
     batch_size: int = shared("batch_size", 8, "forget samples per step (paper: 8)")
     max_epochs: int = shared("max_epochs", 30)
     trainable_layers: int | None = shared("trainable_layers")
@@ -208,6 +211,21 @@ class UnlearnConfig(Settings):
     seed: int = shared("seed")
     prefix_tokens: int = shared("prefix_tokens")
     suffix_tokens: int | None = shared("suffix_tokens")
+    opening_tokens: int = _f(
+        8, "methods that cut a plain text after its opening (relabel): the opening's length in "
+        "tokens (at most a quarter of the text); every later token is unlearned and checked",
+        positive=True
+    )
+    probe_cuts: int = _f(
+        4, "relabel's drop test: greedy continuations from this many cut points spread over "
+        "each text after its opening", positive=True
+    )
+    probe_tokens: int = _f(24, "relabel's drop test: tokens generated from each cut point",
+                           positive=True)
+    probe_n: int = _f(
+        4, "relabel's drop test: n-gram order of the overlap between a continuation and the true "
+        "text (the share of generated n-grams found in the truth, as in EL_n)", positive=True
+    )
     loss_on: str = _f("suffix", "forget loss positions: 'suffix' (paper) or 'all' (official code)",
                       choices=("suffix", "all"))
     forget_tokens: str = _f(
@@ -274,6 +292,13 @@ class UnlearnConfig(Settings):
                 )
         if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
             raise UnlearnError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate in force: the setting, else the method's own."""
+        from unlearnlm.methods.losses import METHODS
+
+        return self.lr if self.lr is not None else METHODS[self.method].lr
 
 
 @dataclass

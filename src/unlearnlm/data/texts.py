@@ -362,6 +362,35 @@ def split_records(
     return samples
 
 
+def split_after_opening(
+    records: Iterable[Record], tokenizer: Any, opening_tokens: int = 8, *, role: str = "forget"
+) -> list[Sample]:
+    """Tokenize records into a short opening (the prefix) and everything after it (the suffix).
+
+    Every token after the opening is a target, so nothing in a text escapes unlearning because it
+    sits early. The opening is ``opening_tokens`` long, but at most a quarter of the text (at
+    least one token). A record with its own prefix and suffix keeps that split."""
+    if opening_tokens < 1:
+        raise UnlearnError(f"opening_tokens must be 1 or more, got {opening_tokens}")
+    records = list(records)
+    pieces = [text for record in records for text in _pieces(record)]
+    encoded = iter(_encode(tokenizer, pieces))
+    samples = []
+    for record in records:
+        if _is_presplit(record):
+            samples.append(_presplit_sample(record, next(encoded), next(encoded), role))
+            continue
+        ids = next(encoded)
+        if len(ids) < 2:
+            raise UnlearnError(
+                f"{role} sample {_show(record.id)} has {len(ids)} token(s); a text needs at least "
+                "2 (an opening and one token after it): remove the sample"
+            )
+        cut = min(opening_tokens, max(len(ids) // 4, 1))
+        samples.append(Sample(record.id, record.text, ids[:cut], ids[cut:]))
+    return samples
+
+
 def _check_token_counts(prefix_tokens: int, suffix_tokens: int | None) -> None:
     if isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int) or prefix_tokens < 1:
         raise UnlearnError(f"prefix_tokens must be an integer >= 1, got {prefix_tokens!r}")

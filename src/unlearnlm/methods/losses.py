@@ -9,7 +9,8 @@ A method is a weighted sum of named terms (``LOSS_TERMS``), each reading one kin
 ``forget`` (the active forget samples), ``analogous`` (their KNN partners), ``retain``,
 ``mismatch`` (each forget prefix followed by another text's suffix; targets: that suffix) or
 ``preference`` (2B rows: B forget prefixes with a preferred answer, then the same B prefixes with
-their true suffix; targets: the answers).
+their true suffix; targets: the answers) or ``relabel`` (each forget text's opening followed by the
+body of its nearest analogous text; targets: that body).
 """
 
 from __future__ import annotations
@@ -43,6 +44,28 @@ def forget_ga(
     Mitigating Privacy Risks in Language Models"; ICU's L_fgt): +mean_t log P(x_t | x_<t).
     Minimising it lowers the likelihood of the forget text."""
     return -nll(logits, input_ids, loss_mask)
+
+
+def sample_nll(logits: torch.Tensor, input_ids: torch.Tensor,
+               loss_mask: torch.Tensor) -> torch.Tensor:
+    """Per row: -mean_t log P(x_t | x_<t) over that row's target tokens, shape (B,)."""
+    mask = loss_mask[:, 1:].to(torch.float32)
+    return -(token_logprobs(logits, input_ids) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+def bounded_forget(
+    logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor, floor: torch.Tensor
+) -> torch.Tensor:
+    """Gradient ascent that stops at a floor: mean_b max(0, floor_b - NLL_b), NLL_b the mean
+    per-token NLL of row b's target tokens.
+
+    Below the floor it is the gradient ascent of Jang et al. (2023) on that row; once the text is
+    as unlikely as the floor (set from texts the model never saw, the yardstick Jang et al. used
+    for their stop thresholds) the row contributes nothing, so the push ends where "never seen"
+    begins instead of running on into collapse. ``floor``: a scalar or one value per row (B,)."""
+    per_row = sample_nll(logits, input_ids, loss_mask)  # (B,)
+    floor = torch.as_tensor(floor, dtype=per_row.dtype, device=per_row.device)
+    return torch.relu(floor - per_row).mean()
 
 
 def kl_to_reference(
@@ -101,8 +124,8 @@ def dpo(
 class LossTerm:
     """A named term: which batch it reads and which pure function scores it."""
 
-    batch: str  # "forget" | "analogous" | "retain" | "mismatch" | "preference"
-    kind: str  # "ga" | "nll" | "kl" | "npo" | "dpo"
+    batch: str  # "forget" | "analogous" | "retain" | "mismatch" | "preference" | "relabel"
+    kind: str  # "ga" | "nll" | "kl" | "npo" | "dpo" | "bounded"
 
     @property
     def needs_reference(self) -> bool:
@@ -120,6 +143,11 @@ LOSS_TERMS: dict[str, LossTerm] = {
     # another text's suffix after each forget prefix, over the suffix tokens only
     "mismatch_nll": LossTerm("mismatch", "nll"),
     "forget_dpo": LossTerm("preference", "dpo"),
+    # gradient ascent that stops at the never-seen texts' NLL (see ``bounded_forget``)
+    "forget_bounded": LossTerm("forget", "bounded"),
+    # relabelling: the forget text's opening followed by its nearest analogous text's body, so
+    # the probability taken from the true body has a plausible alternative to go to
+    "relabel_nll": LossTerm("relabel", "nll"),
 }
 
 
@@ -130,10 +158,20 @@ class Method:
     weights: dict[str, float]
     iterative_refinement: bool = True
     summary: str = ""
+    # the learning rate when none is set, and how a plain text is cut: "window" (the paper: the
+    # last prefix_tokens + suffix_tokens tokens, losses and the drop test on the suffix) or
+    # "opening" (the whole text after its first opening_tokens tokens, checked from several cuts)
+    lr: float = 5e-6
+    split: str = "window"
 
 
 ICU_WEIGHTS = {"forget_ga": 1.0, "analogous_nll": 0.5, "analogous_kl": 1.0}
+RELABEL_WEIGHTS = {"forget_bounded": 1.0, "relabel_nll": 1.0, "retain_kl": 1.0}
 METHODS: dict[str, Method] = {
+    "relabel": Method(
+        RELABEL_WEIGHTS, True,
+        "relabel to the nearest analogous text + ascent bounded at never-seen NLL + KL on retain",
+        lr=1e-4, split="opening"),
     "icu": Method(ICU_WEIGHTS, True, "ICU (Tang et al. 2024): GA + analogous NLL + KL, IUR"),
     "icu-no-kl": Method({"forget_ga": 1.0, "analogous_nll": 0.5}, True, "ICU without L_kl"),
     "icu-no-nll": Method({"forget_ga": 1.0, "analogous_kl": 1.0}, True, "ICU without L_lrn"),
@@ -199,4 +237,6 @@ def _term_value(term: LossTerm, logits, ref_logits, batch) -> torch.Tensor:
         return kl_to_reference(logits, ref_logits, mask)
     if term.kind == "dpo":
         return dpo(logits, ref_logits, ids, mask)
+    if term.kind == "bounded":
+        return bounded_forget(logits, ids, mask, batch["floor"])
     return npo(logits, ref_logits, ids, mask)

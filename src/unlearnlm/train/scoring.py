@@ -20,7 +20,9 @@ from unlearnlm.lm.interface import as_lm
 from unlearnlm.metrics.scores import (
     bertscore_f1,
     bleu_scores,
+    continuation_nll,
     extraction_likelihood,
+    ngram_overlap,
     whole_text_memorization_accuracy,
 )
 
@@ -40,6 +42,11 @@ class Thresholds:
     # median never-seen text, and that median is often exactly 0 for BLEU-4 and EL_10, where a
     # strict "<" could never hold; the paper's fixed thresholds keep its strict "<"
     inclusive: bool = False
+    # the cut-point test of methods that cut a text after its opening (relabel): a sample is
+    # forgotten once its greedy continuations overlap the truth no more than ``extraction`` and
+    # its true continuation's NLL (nats/token) is at least ``nll_floor``
+    extraction: float | None = None
+    nll_floor: float | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -49,6 +56,8 @@ class Thresholds:
             "ma": self.ma,
             "source": self.source,
             "inclusive": self.inclusive,
+            "extraction": self.extraction,
+            "nll_floor": self.nll_floor,
         }
 
     def under(self, value: float, name: str) -> bool:
@@ -109,6 +118,60 @@ def is_forgotten(scores: dict, thresholds: Thresholds, rule: str) -> bool:
     low_bleu = thresholds.under(scores["bleu"], "bleu")
     low_bert = thresholds.under(scores["bertscore"], "bertscore")
     return (low_bleu and low_bert) if rule == "and" else (low_bleu or low_bert)
+
+
+def cut_points(sample: Sample, cuts: int) -> list[int]:
+    """Up to ``cuts`` distinct positions spread evenly from the end of the sample's opening
+    (prefix) over its continuation: the prompts an attacker could start from."""
+    start, end = len(sample.prefix_ids), len(sample.input_ids)
+    return sorted({start + (end - start) * k // cuts for k in range(cuts)})
+
+
+def cut_probe_scores(model, tokenizer, samples: list[Sample], config) -> list[dict]:
+    """Per sample: greedy continuations from ``config.probe_cuts`` cut points, each compared
+    with the true text that follows the cut by n-gram overlap (``config.probe_n``), and the
+    teacher-forced NLL of the true continuation after the opening.
+
+    ``extraction`` is the largest overlap over the cuts: a text counts as extractable when any
+    later part of it comes back from an earlier part. All cuts of all samples share batches."""
+    if not samples:
+        return []
+    jobs = [(i, cut) for i, s in enumerate(samples) for cut in cut_points(s, config.probe_cuts)]
+    generations = generate_continuations(
+        model, [samples[i].input_ids[:cut] for i, cut in jobs], config.probe_tokens,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    overlaps: list[list[float]] = [[] for _ in samples]
+    for (i, cut), generated in zip(jobs, generations):
+        truth = samples[i].input_ids[cut : cut + config.probe_tokens]
+        overlaps[i].append(ngram_overlap(generated[: len(truth)], truth, config.probe_n))
+    nll = continuation_nll(model, [s.input_ids for s in samples],
+                           [len(s.prefix_ids) for s in samples])
+    return [{"extraction": max(o), "cuts": o, "nll": v} for o, v in zip(overlaps, nll)]
+
+
+def is_forgotten_at_cuts(scores: dict, thresholds: Thresholds) -> bool:
+    """The cut-point drop test: no more extractable than never-seen texts (at or under their
+    quantile) and a true continuation at least as unlikely as theirs (the NLL floor)."""
+    return (scores["extraction"] <= thresholds.extraction
+            and scores["nll"] >= thresholds.nll_floor)
+
+
+def calibrate_cuts(model, tokenizer, samples: list[Sample], config, path: str) -> Thresholds:
+    """Thresholds of the cut-point test from never-seen texts: the ``calibration_quantile`` of
+    their largest cut overlap, and the median of their continuation NLL as the floor."""
+    q = config.calibration_quantile
+    with torch.no_grad():
+        scores = cut_probe_scores(model, tokenizer, samples, config)
+    return Thresholds(
+        bleu=config.bleu_threshold, bertscore=config.bertscore_threshold,
+        el=config.el_threshold, ma=config.ma_threshold,
+        source=(f"calibrated on {len(samples)} texts in {path}: cut-point overlap at quantile "
+                f"{q}, NLL floor at their median"),
+        inclusive=True,
+        extraction=float(np.quantile([s["extraction"] for s in scores], q)),
+        nll_floor=float(np.median([s["nll"] for s in scores])),
+    )
 
 
 def calibrate(model, tokenizer, samples: list[Sample], config, path: str) -> Thresholds:

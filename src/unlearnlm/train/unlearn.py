@@ -26,7 +26,13 @@ from tqdm.auto import tqdm
 
 from unlearnlm.data.batches import collate
 from unlearnlm.data.neighbors import pair_analogous
-from unlearnlm.data.texts import Sample, file_sha256, read_records, split_records
+from unlearnlm.data.texts import (
+    Sample,
+    file_sha256,
+    read_records,
+    split_after_opening,
+    split_records,
+)
 from unlearnlm.errors import UnlearnError
 from unlearnlm.lm.loading import load_model, save_model, train_last_layers, weights_sha256
 from unlearnlm.methods.losses import METHODS, batches_needed, combined_loss, needs_reference
@@ -44,9 +50,12 @@ from unlearnlm.train.checkpoint import (
 from unlearnlm.train.scoring import (
     Thresholds,
     calibrate,
+    calibrate_cuts,
+    cut_probe_scores,
     el_scores,
     generation_scores,
     is_forgotten,
+    is_forgotten_at_cuts,
     memorisation_scores,
 )
 
@@ -103,14 +112,15 @@ def _setup(config: UnlearnConfig, run_dir: RunDir) -> _Run:
     run.timings["load_model"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    run.forget = split_records(
-        records["forget"], tokenizer, config.prefix_tokens, config.suffix_tokens, role="forget"
-    )
+    run.forget = _split(config, records["forget"], tokenizer, "forget")
     run.record = _new_record(config, weights, method, source, run.forget)
     run.record["model"]["sha256"] = model_hash
     need = batches_needed(weights)
     if "analogous" in need:
         run.analogous, run.record["pairs"] = _pair(config, records, tokenizer, run.forget)
+    if "relabel" in need:
+        run.relabel, run.record["pairs"] = _relabel_targets(config, records, tokenizer,
+                                                            run.forget)
     if "retain" in need:
         run.retain = _retain_samples(config, records, tokenizer, run.forget)
     if "mismatch" in need:
@@ -125,7 +135,7 @@ def _setup(config: UnlearnConfig, run_dir: RunDir) -> _Run:
         run.reference = copy.deepcopy(model).eval().requires_grad_(False)
     run.record["model"]["trainable_parameters"] = train_last_layers(model, config.trainable_layers)
     optimizer = torch.optim.Adam(
-        [p for p in model.parameters() if p.requires_grad], lr=config.lr,
+        [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
         betas=tuple(config.adam_betas),
     )
     run.model, run.optimizer = accelerator.prepare(model, optimizer)
@@ -153,6 +163,7 @@ class _Run:
     retain: list = field(default_factory=list)
     mismatch: list = field(default_factory=list)  # completions for LLMU's mismatch batch
     preferred: list = field(default_factory=list)  # DPO's preferred answers
+    relabel: list = field(default_factory=list)  # each forget opening + an analogous body
     probe: list = field(default_factory=list)
     active: list = field(default_factory=list)
     record: dict = field(default_factory=dict)
@@ -169,7 +180,7 @@ class _Run:
                                 self.tokenizer))
         self.record["thresholds"] = self.thresholds.as_dict()
         self.timings["calibration"] = time.perf_counter() - clock
-        self.record["guard"] = {"events": [], "lr": self.config.lr,
+        self.record["guard"] = {"events": [], "lr": self.config.learning_rate,
                                 "probe_ppl_start": self._probe_ppl()}
         self._score(0, {}, drop=False)
         self._checkpoint()
@@ -235,8 +246,9 @@ class _Run:
     def _score(self, epoch: int, losses: dict, drop: bool) -> dict:
         clock = time.perf_counter()
         with self.accelerator.autocast():
-            entry = _score_epoch(epoch, self.model, self.tokenizer, self.forget, self.active,
-                                 self.thresholds, self.config, losses, drop=drop)
+            score = (_score_epoch_at_cuts if self.method.split == "opening" else _score_epoch)
+            entry = score(epoch, self.model, self.tokenizer, self.forget, self.active,
+                          self.thresholds, self.config, losses, drop=drop)
         self.timings["scoring"] += time.perf_counter() - clock
         self.record["epochs"].append(entry)
         self.record["dropped_order"].extend(entry["dropped"])
@@ -316,6 +328,36 @@ def _read_inputs(config) -> dict[str, list]:
     paths = {"forget": config.forget, "pool": config.pool, "retain": config.retain,
              "calibration": config.calibrate_on}
     return {role: read_records(path, role=role) if path else [] for role, path in paths.items()}
+
+
+def _split(config, records: list, tokenizer, role: str) -> list[Sample]:
+    """Split texts the way the method reads them: the paper's prefix/suffix window, or a short
+    opening followed by the whole rest."""
+    if METHODS[config.method].split == "opening":
+        return split_after_opening(records, tokenizer, config.opening_tokens, role=role)
+    return split_records(records, tokenizer, config.prefix_tokens, config.suffix_tokens,
+                         role=role)
+
+
+def _relabel_targets(config, records, tokenizer, forget: list[Sample]):
+    """Each forget sample's opening followed by the body of its nearest pool text: what the
+    model learns to say instead. Only pool texts serve (never retain texts, whose facts the
+    forgotten text must not take over)."""
+    if not records["pool"]:
+        raise UnlearnError(
+            f"method '{config.method}' needs --pool: texts of the same kind with other facts, "
+            "whose bodies become the forget texts' new continuations"
+        )
+    pairs = pair_analogous([s.text for s in forget], [r.text for r in records["pool"]],
+                           embed=_embedder(config.embedder_model))
+    chosen = [records["pool"][p.candidate_index] for p in pairs]
+    bodies = _split(config, chosen, tokenizer, "pool")
+    rows = [f.prefix_ids + b.suffix_ids[: max(len(f.suffix_ids), 1)]
+            for f, b in zip(forget, bodies)]
+    info = [{"forget_id": forget[p.forget_index].id, "analogous_id": chosen[k].id,
+             "source": "pool", "similarity": round(float(p.similarity), 4)}
+            for k, p in enumerate(pairs)]
+    return rows, info
 
 
 def _pair(config, records, tokenizer, forget: list[Sample]) -> tuple[list[list[int]], list[dict]]:
@@ -403,7 +445,8 @@ def _preferred_answers(config, records, tokenizer) -> list[list[int]]:
 # the settings a calibration depends on, besides the model's weights and the calibration texts
 CALIBRATION_KEYS = ("prefix_tokens", "suffix_tokens", "decoding", "num_beams", "scorer_model",
                     "scorer_layers", "el_n", "calibrate_el", "el_threshold",
-                    "calibration_quantile", "calibration_stop", "mixed_precision")
+                    "calibration_quantile", "calibration_stop", "mixed_precision",
+                    "opening_tokens", "probe_cuts", "probe_tokens", "probe_n")
 
 
 def _cached_thresholds(config, model_hash: str | None, compute) -> Thresholds:
@@ -412,6 +455,7 @@ def _cached_thresholds(config, model_hash: str | None, compute) -> Thresholds:
     if not (config.calibration_cache and config.calibrate_on and model_hash):
         return compute()
     key = {"model_sha256": model_hash, "calibration_sha256": file_sha256(config.calibrate_on),
+           "split": METHODS[config.method].split,
            **{name: getattr(config, name) for name in CALIBRATION_KEYS}}
     cache = Path(config.calibration_cache)
     try:
@@ -427,6 +471,8 @@ def _cached_thresholds(config, model_hash: str | None, compute) -> Thresholds:
 
 
 def _thresholds(config, records, accelerator, model, tokenizer) -> Thresholds:
+    if METHODS[config.method].split == "opening":
+        return _cut_thresholds(config, records, accelerator, model, tokenizer)
     if not config.calibrate_on:
         return Thresholds(
             config.bleu_threshold, config.bertscore_threshold,
@@ -441,6 +487,24 @@ def _thresholds(config, records, accelerator, model, tokenizer) -> Thresholds:
         return calibrate(model, tokenizer, samples, config, str(config.calibrate_on))
 
 
+def _cut_thresholds(config, records, accelerator, model, tokenizer) -> Thresholds:
+    """The cut-point test's thresholds, from --calibrate-on, else from the pool (texts of the
+    same kind that the model is assumed not to have seen)."""
+    texts, path = records["calibration"], config.calibrate_on
+    if not texts:
+        texts, path = records["pool"][:64], config.pool
+        if not texts:
+            raise UnlearnError(
+                f"method '{config.method}' measures 'forgotten' against texts the model never "
+                "saw: give --calibrate-on (or --pool)"
+            )
+        log.warning("No --calibrate-on: calibrating the drop test on %d pool texts", len(texts))
+    samples = _split(config, texts, tokenizer, "calibration")
+    log.info("Calibrating the cut-point test on %d never-seen texts", len(samples))
+    with accelerator.autocast():
+        return calibrate_cuts(model, tokenizer, samples, config, str(path))
+
+
 def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
     """One pass over the active forget samples; returns the mean of each loss term."""
     config, accelerator, model = run.config, run.accelerator, run.model
@@ -453,7 +517,8 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
     for batch in tqdm(batches, desc=f"epoch {epoch}", leave=False, unit="step"):
         parts = _build_batches(batch, run.forget, run.analogous, run.retain, rng, config,
                                run.tokenizer.pad_token_id, accelerator.device,
-                               mismatch=run.mismatch, preferred=run.preferred)
+                               mismatch=run.mismatch, preferred=run.preferred,
+                               relabel=run.relabel, floor=run.thresholds.nll_floor)
         with accelerator.autocast():
             loss, terms = combined_loss(run.weights, model, run.reference, parts)
         run.optimizer.zero_grad(set_to_none=True)
@@ -465,9 +530,14 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
 
 
 def _build_batches(batch, forget, analogous, retain, rng, config, pad, device, *,
-                   mismatch=(), preferred=()) -> dict:
+                   mismatch=(), preferred=(), relabel=(), floor=None) -> dict:
     starts = [len(forget[i].prefix_ids) if config.loss_on == "suffix" else 1 for i in batch]
     parts = {"forget": collate([forget[i].input_ids for i in batch], starts, pad, device)}
+    if floor is not None:
+        parts["forget"]["floor"] = torch.tensor(floor, device=device)
+    if relabel:
+        parts["relabel"] = collate([relabel[i] for i in batch],
+                                   [len(forget[i].prefix_ids) for i in batch], pad, device)
     if analogous:
         parts["analogous"] = collate([analogous[i] for i in batch], [1] * len(batch), pad, device)
         if config.forget_tokens == "distinct":
@@ -547,9 +617,35 @@ def _score_epoch(
     }
 
 
+def _score_epoch_at_cuts(
+    epoch, model, tokenizer, forget, active, thresholds, config, losses, drop: bool
+) -> dict:
+    """The cut-point version of ``_score_epoch``: continuations from several cuts and the true
+    continuation's NLL for the active samples, MA for all; drop the forgotten ones."""
+    model.eval()
+    indices = [i for i, a in enumerate(active) if a]
+    with torch.no_grad():
+        probe = dict(zip(indices, cut_probe_scores(model, tokenizer,
+                                                   [forget[i] for i in indices], config)))
+        ma = memorisation_scores(model, forget, tokenizer.pad_token_id, config.el_n, False)["ma"]
+    samples, dropped = [], []
+    for i, sample in enumerate(forget):
+        entry = {"id": sample.id, "ma": ma[i], "el": None}
+        if i in probe:
+            entry.update(extraction=probe[i]["extraction"], nll=probe[i]["nll"],
+                         cuts=probe[i]["cuts"])
+            if drop and is_forgotten_at_cuts(probe[i], thresholds):
+                active[i] = False
+                dropped.append(sample.id)
+        entry["active"] = active[i]
+        samples.append(entry)
+    return {"epoch": epoch, "losses": losses, "active": sum(active), "dropped": dropped,
+            "mean": _means(samples), "samples": samples}
+
+
 def _means(samples: list[dict]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
-    for key in ("ma", "el", "bleu", "bertscore"):
+    for key in ("ma", "el", "bleu", "bertscore", "extraction", "nll"):
         values = [s[key] for s in samples if s.get(key) is not None]
         out[key] = sum(values) / len(values) if values else None
     return out
@@ -579,6 +675,8 @@ def _log_epoch(entry: dict, total: int) -> None:
         parts.append(f"EL {mean['el']:.3f}")
     if mean["bleu"] is not None:
         parts.append(f"BLEU {mean['bleu']:.3f} BERTScore {mean['bertscore']:.3f}")
+    if mean.get("extraction") is not None:
+        parts.append(f"cut overlap {mean['extraction']:.3f} NLL {mean['nll']:.2f}")
     if entry["losses"]:
         parts.append(f"loss {entry['losses'].get('total', 0.0):.3f}")
     log.info(", ".join(parts))
