@@ -3,18 +3,24 @@
 The story, step by step on the console:
 
 1. Generate seeded fictitious records: some to forget, some to keep, a pool of look-alikes (the
-   analogous set) and a few never-seen ones (to calibrate what "forgotten" scores like).
-2. Fine-tune the model on the forget + keep records until it recites them (cached: a second run
+   analogous set), some never seen (to calibrate what "forgotten" scores like) and some strangers
+   (never seen either, kept apart to judge the result).
+2. Fine-tune the model on the forget + keep records until it recites them, with ordinary text
+   (Wikipedia paragraphs) mixed into every step so that it stays fluent (cached: a second run
    skips this).
 3. Show what leaks: for each record, the continuation of "Personal record of <name>." and which
    private fields (phone, email, address, ID) appear in it; and the model's fluency.
-4. Run ICU on the forget records, with the kept ones as retain set.
-5. Show the same tables after, and write report.md.
+4. Unlearn the forget records (the default method, with the kept ones as retain set).
+5. Show the same after, plus what a privacy officer asks: do sampled continuations leak, is a
+   forgotten person continued like a stranger (right shapes, nobody else's fields), is the true
+   text still more likely than a stranger's (NLL, membership-inference AUC); write the report.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,13 +31,19 @@ from unlearnlm.data.records import (
     FLUENCY_PROMPTS,
     PRIVATE_FIELDS,
     fake_records,
+    field_shapes,
     leaked_fields,
+    others_fields,
     write_records,
 )
 from unlearnlm.lm.generation import generate_continuations
 from unlearnlm.settings import Settings, setting, shared
 
 log = logging.getLogger(__name__)
+
+# words of the record template: a general prompt continued with one of them drifted into records
+RECORD_WORDS = ("Personal record", "Phone:", "Email:", "ID number:", "Address:")
+
 
 @dataclass
 class DemoSettings(Settings):
@@ -47,21 +59,32 @@ class DemoSettings(Settings):
     pool: int = setting(300, "look-alike records: the analogous pool", positive=True)
     calibration: int = setting(16, "never-seen records that calibrate the thresholds",
                                positive=True)
+    strangers: int = setting(
+        16, "never-seen records kept apart to judge the result (shapes, other people's fields, "
+        "NLL, membership inference)", positive=True)
     seed: int = shared("seed", 0, "seed of the records, fine-tuning and unlearning")
     finetune_lr: float = setting(1e-3, "learning rate that makes the model leak", positive=True)
     finetune_epochs: int = setting(30, "fine-tuning epochs at most", positive=True)
     finetune_target: float = setting(
         0.99, "fine-tuning stops once mean suffix token accuracy reaches this", interval="(0, 1]")
-    unlearn_lr: float = setting(1.5e-3, "ICU's learning rate", positive=True)
-    unlearn_epochs: int = setting(8, "ICU's epochs at most", positive=True)
+    general_per_step: int = setting(
+        4, "Wikipedia paragraphs mixed into every fine-tuning step so that the leaky model stays "
+        "fluent; 0: none", interval="[0, inf)")
+    general_tokens: int = setting(64, "tokens of each mixed-in paragraph", positive=True)
+    general_loss: str = setting(
+        "kl", "on the mixed-in paragraphs: 'kl' to the base model or 'nll'", choices=("kl", "nll"))
+    method: str = setting("relabel", "unlearning method (see `unlearnlm methods`)")
+    unlearn_lr: float | None = setting(
+        None, "unlearning learning rate; null: the method's own", positive=True)
+    unlearn_epochs: int = setting(12, "unlearning epochs at most", positive=True)
     batch_size: int = shared("batch_size", 8, "records per step, fine-tuning and unlearning")
     trainable_layers: int | None = shared(
         "trainable_layers", 10, "fine-tuning and unlearning train only the last N transformer "
         "blocks; null: all")
     retain_weight: float = setting(
-        1.0, "weight of the NLL on the kept records during unlearning; 0: none",
+        0.0, "weight of an extra NLL on the kept records during unlearning; 0: none",
         interval="[0, inf)")
-    drop_rule: str = setting("and", "IUR drop test: 'and' (paper) or 'or' (official code)",
+    drop_rule: str = setting("and", "ICU's drop test: 'and' (paper) or 'or' (official code)",
                              choices=("and", "or"))
     forget_tokens: str = setting(
         "all", "gradient-ascent targets: 'all' suffix tokens or only the 'distinct' ones (see "
@@ -69,6 +92,8 @@ class DemoSettings(Settings):
     pair_with_pool: bool = setting(
         True, "pair each forget record with its nearest look-alike or kept record (ICU's analogous "
         "texts); off: with its nearest kept record")
+    samples: int = setting(5, "sampled continuations (temperature 1) per forgotten record",
+                           interval="[0, inf)")
     mixed_precision: str = shared("mixed_precision")
     wikitext_docs: int = setting(8, "WikiText documents for the fluency perplexity; 0: none",
                                  interval="[0, inf)")
@@ -82,43 +107,95 @@ def _say(text: str = "") -> None:
 
 
 def make_data(out: Path, s: DemoSettings) -> dict[str, list[dict]]:
-    """Write forget / keep / train (forget + keep) / pool / calibration JSONL files."""
-    people = fake_records(s.forget + s.keep + s.pool + s.calibration, seed=s.seed)
-    sets = {
-        "forget": people[: s.forget],
-        "keep": people[s.forget : s.forget + s.keep],
-        "pool": people[s.forget + s.keep : s.forget + s.keep + s.pool],
-        "calibration": people[s.forget + s.keep + s.pool :],
-    }
+    """Write forget / keep / train (forget + keep) / pool / calibration / strangers JSONL files,
+    and general.jsonl (Wikipedia paragraphs, when the data folder has them)."""
+    sizes = {"forget": s.forget, "keep": s.keep, "pool": s.pool, "calibration": s.calibration,
+             "strangers": s.strangers}
+    people = fake_records(sum(sizes.values()), seed=s.seed)
+    sets, start = {}, 0
+    for name, size in sizes.items():
+        sets[name] = people[start : start + size]
+        start += size
     sets["train"] = sets["forget"] + sets["keep"]
     for name, records in sets.items():
         write_records(out / "data" / f"{name}.jsonl", records)
+    general = _general_texts(400, s.seed)
+    if general:
+        with open(out / "data" / "general.jsonl", "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps({"text": t}) + "\n" for t in general)
     return sets
+
+
+def _general_texts(count: int, seed: int) -> list[str]:
+    """Wikipedia lead paragraphs from the data folder (none when it is missing)."""
+    import random
+
+    from unlearnlm.paths import data_root
+
+    root = data_root(required=False)
+    path = root / "wiki" / "summaries_en-us.json" if root else None
+    if path is None or not path.is_file():
+        log.warning("No Wikipedia paragraphs found: the leaky model is fine-tuned on the records "
+                    "alone and will be less fluent")
+        return []
+    pages = json.loads(path.read_text(encoding="utf-8"))
+    texts = [p["extract"] for p in pages.values() if len(p.get("extract", "")) > 300]
+    random.Random(seed).shuffle(texts)
+    return texts[:count]
 
 
 def leaky_model(out: Path, s: DemoSettings, train_file: Path) -> tuple[Path, dict]:
     """Fine-tune the base model on the training records, or reuse the cached result."""
     from unlearnlm.train.finetune import cached_finetune
 
+    general = out / "data" / "general.jsonl"
     return cached_finetune(
         s.model, train_file, "leaky", say=lambda line: _say(f"  {line}"),
         max_epochs=s.finetune_epochs, lr=s.finetune_lr, batch_size=s.batch_size,
         target_accuracy=s.finetune_target, prefix_tokens=50, suffix_tokens=None,
         mixed_precision=s.mixed_precision, seed=s.seed, trainable_layers=s.trainable_layers,
+        general=str(general) if general.is_file() and s.general_per_step else None,
+        general_per_step=max(s.general_per_step, 1), general_tokens=s.general_tokens,
+        general_loss=s.general_loss,
     )
 
 
-def probe(model, tokenizer, records: list[dict], mixed_precision: str) -> list[dict]:
-    """Greedy continuation of each record's prefix, and which private fields it reveals."""
+def base_perplexity(s: DemoSettings, cached: Path) -> float | None:
+    """WikiText perplexity of the base model, measured once and kept beside the leaky model."""
+    from unlearnlm.lm.loading import load_model
+    from unlearnlm.rundir import write_json
+
+    path = cached / "base_fluency.json"
+    if path.is_file():
+        return json.loads(path.read_text())["wikitext_ppl"]
+    model, tokenizer, _ = load_model(s.model)
+    ppl = fluency(model, tokenizer, s).get("wikitext_ppl")
+    write_json(path, {"model": s.model, "wikitext_ppl": ppl})
+    return ppl
+
+
+def continue_records(model, tokenizer, records: list[dict], s: DemoSettings,
+                     temperature: float | None = None, copies: int = 1) -> list[str]:
+    """Continuations of each record's prefix (greedy, or ``copies`` samples per record)."""
     prefixes = [tokenizer(r["prefix"], add_special_tokens=False)["input_ids"] for r in records]
     longest = max(len(tokenizer(r["suffix"], add_special_tokens=False)["input_ids"])
                   for r in records)
-    with _autocast(mixed_precision):
-        outs = generate_continuations(model, prefixes, longest + 2,
-                                      pad_token_id=tokenizer.pad_token_id,
-                                      eos_token_id=tokenizer.eos_token_id)
-    texts = [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
-    return [{"id": r["id"], "name": r["name"], "continuation": t, "leaked": leaked_fields(t, r)}
+    with _autocast(s.mixed_precision):
+        outs = generate_continuations(
+            model, [p for p in prefixes for _ in range(copies)], longest + 2,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            temperature=temperature, seed=s.seed, batch_size=64)
+    return [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
+
+
+def probe(model, tokenizer, records: list[dict], s: DemoSettings,
+          train: list[dict]) -> list[dict]:
+    """Greedy continuation of each record's prefix: which of its private fields it reveals,
+    whether each field still has the right shape, and how many training records' fields
+    (other people's) appear in it."""
+    texts = continue_records(model, tokenizer, records, s)
+    return [{"id": r["id"], "name": r["name"], "continuation": t, "leaked": leaked_fields(t, r),
+             "shapes": field_shapes(t), "others": others_fields(t, r, train)}
             for r, t in zip(records, texts)]
 
 
@@ -161,6 +238,16 @@ def _autocast(mixed_precision: str):
     return torch.autocast("cpu", enabled=False)
 
 
+def true_text_nll(model, tokenizer, records: list[dict]) -> list[float]:
+    """Per record: mean NLL (nats/token) of its true suffix after its prefix."""
+    from unlearnlm.metrics.scores import continuation_nll
+
+    prefixes = [tokenizer(r["prefix"], add_special_tokens=False)["input_ids"] for r in records]
+    suffixes = [tokenizer(r["suffix"], add_special_tokens=False)["input_ids"] for r in records]
+    return continuation_nll(model, [p + q for p, q in zip(prefixes, suffixes)],
+                            [len(p) for p in prefixes])
+
+
 def leak_table(rows: list[dict], width: int = 60) -> str:
     head = f"  {'record':24s} {'phone':5s} {'email':5s} {'addr':5s} {'ID':5s}  continuation"
     lines = [head]
@@ -178,11 +265,30 @@ def leak_share(rows: list[dict]) -> tuple[int, int]:
 
 
 def _state(model, tokenizer, sets, s: DemoSettings) -> dict:
+    """What the model reveals: forget, keep and stranger records, fluency, true-text NLL."""
     model.eval()
+    groups = ("forget", "keep", "strangers")
     with torch.no_grad():
-        rows = probe(model, tokenizer, sets["forget"] + sets["keep"], s.mixed_precision)
-        return {"forget": rows[: len(sets["forget"])], "keep": rows[len(sets["forget"]) :],
-                "fluency": fluency(model, tokenizer, s)}
+        rows = probe(model, tokenizer, [r for g in groups for r in sets[g]], s, sets["train"])
+        state, start = {}, 0
+        for g in groups:
+            state[g] = rows[start : start + len(sets[g])]
+            start += len(sets[g])
+        state["fluency"] = fluency(model, tokenizer, s)
+        state["nll"] = {g: true_text_nll(model, tokenizer, sets[g])
+                        for g in ("forget", "strangers")}
+    return state
+
+
+def _sampled_leaks(model, tokenizer, records: list[dict], s: DemoSettings) -> int:
+    """Private fields revealed in ``s.samples`` sampled continuations (temperature 1) of each
+    record, counted over all samples."""
+    if s.samples < 1:
+        return 0
+    with torch.no_grad():
+        texts = continue_records(model, tokenizer, records, s, temperature=1.0, copies=s.samples)
+    return sum(sum(leaked_fields(t, records[i // s.samples]).values())
+               for i, t in enumerate(texts))
 
 
 def _show_state(title: str, state: dict, s: DemoSettings) -> None:
@@ -212,12 +318,14 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> dict:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     _say(f"Step 1/5  Writing fictitious records: {s.forget} to forget, {s.keep} to keep, "
-         f"{s.pool} look-alikes (the analogous pool), {s.calibration} never seen.")
+         f"{s.pool} look-alikes (the analogous pool), {s.calibration} never seen (calibration), "
+         f"{s.strangers} strangers (never seen, for judging the result).")
     sets = make_data(out, s)
 
     _say("Step 2/5  Making the model leak them.")
     clock = time.perf_counter()
     leaky_dir, ft = leaky_model(out, s, out / "data" / "train.jsonl")
+    base_ppl = base_perplexity(s, leaky_dir)
     timings["finetune"] = time.perf_counter() - clock
     _say(f"  Suffix token accuracy {ft['suffix_accuracy']:.3f} after {len(ft['epochs'])} epochs"
          f" ({ft.get('seconds', 0):.0f} s when built).")
@@ -229,22 +337,13 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> dict:
     del model
     timings["probe_before"] = time.perf_counter() - clock
     _show_state("BEFORE unlearning", before, s)
+    if base_ppl is not None:
+        _say(f"  (base model's WikiText perplexity: {base_ppl:.1f})")
 
-    _say(f"\nStep 4/5  ICU on the {s.forget} records to forget (kept records as --retain, "
-         f"never-seen ones as --calibrate-on).")
+    _say(f"\nStep 4/5  Unlearning the {s.forget} records to forget with '{s.method}' (kept "
+         "records as --retain, never-seen ones as --calibrate-on).")
     clock = time.perf_counter()
-    record = unlearn(
-        model=str(leaky_dir), forget=str(out / "data" / "forget.jsonl"),
-        pool=str(out / "data" / "pool.jsonl") if s.pair_with_pool else None,
-        retain=str(out / "data" / "keep.jsonl"),
-        calibrate_on=str(out / "data" / "calibration.jsonl"), out=str(out / "model"),
-        lr=s.unlearn_lr, max_epochs=s.unlearn_epochs, batch_size=s.batch_size,
-        prefix_tokens=50, suffix_tokens=None, mixed_precision=s.mixed_precision,
-        loss_weights={"retain_nll": s.retain_weight} if s.retain_weight else {},
-        seed=s.seed, trainable_layers=s.trainable_layers, el_every_epoch=False,
-        calibrate_el=False, stop_on_el=False, drop_rule=s.drop_rule, forget_tokens=s.forget_tokens,
-        overwrite=True,
-    )
+    record = unlearn(**_unlearn_settings(out, s, leaky_dir))
     timings["unlearn"] = time.perf_counter() - clock
     _say(f"  Stopped after epoch {record['stopped']['epoch']}: {record['stopped']['reason']}.")
 
@@ -252,26 +351,45 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> dict:
     clock = time.perf_counter()
     model, tokenizer, _ = load_model(str(out / "model"))
     after = _state(model, tokenizer, sets, s)
+    after["sampled_leaks"] = _sampled_leaks(model, tokenizer, sets["forget"], s)
     timings["probe_after"] = time.perf_counter() - clock
     _show_state("AFTER unlearning", after, s)
     timings["total"] = time.perf_counter() - start
-    summary = _summary(s, ft, record, before, after, timings)
+    summary = _summary(s, ft, record, before, after, timings, base_ppl)
+    _show_checks(summary)
     report = write_demo_report(out, summary, before, after, record)
-    _say(f"\nDone in {timings['total']:.0f} s. Forget records leaking: "
-         f"{summary['forget_leaked_after']} of {summary['fields_forget']} fields (before "
-         f"{summary['forget_leaked_before']}); kept records still leaking: "
-         f"{summary['keep_kept_share']:.0%} of what they leaked before.")
-    _say(f"Files: {report} and {out / 'report.html'} (the report), {out / 'model'} (the "
-         f"unlearned model and run.json), {out / 'data'} (the records), {out / 'summary.json'}.")
+    _say(f"\nDone in {timings['total']:.0f} s. Files: {report} and {out / 'report.html'} (the "
+         f"report), {out / 'model'} (the unlearned model and run.json), {out / 'data'} (the "
+         f"records), {out / 'summary.json'}.")
     return summary
 
 
-def _summary(s, ft, record, before, after, timings) -> dict:
+def _unlearn_settings(out: Path, s: DemoSettings, leaky_dir: Path) -> dict:
+    data = out / "data"
+    settings = dict(
+        model=str(leaky_dir), forget=str(data / "forget.jsonl"),
+        pool=str(data / "pool.jsonl") if s.pair_with_pool else None,
+        retain=str(data / "keep.jsonl"), calibrate_on=str(data / "calibration.jsonl"),
+        out=str(out / "model"), method=s.method, lr=s.unlearn_lr, max_epochs=s.unlearn_epochs,
+        batch_size=s.batch_size, prefix_tokens=50, suffix_tokens=None,
+        mixed_precision=s.mixed_precision, seed=s.seed, trainable_layers=s.trainable_layers,
+        el_every_epoch=False, calibrate_el=False, stop_on_el=False, drop_rule=s.drop_rule,
+        forget_tokens=s.forget_tokens, guard_ppl_factor=None, overwrite=True,
+    )
+    if s.retain_weight:
+        settings["loss_weights"] = {"retain_nll": s.retain_weight}
+    return settings
+
+
+def _summary(s, ft, record, before, after, timings, base_ppl) -> dict:
+    from unlearnlm.evaluate.privacy import auc
+
     fb, total_f = leak_share(before["forget"])
     fa, _ = leak_share(after["forget"])
     kb, total_k = leak_share(before["keep"])
     ka, _ = leak_share(after["keep"])
     flu_b, flu_a = before["fluency"], after["fluency"]
+    nll_f, nll_s = after["nll"]["forget"], after["nll"]["strangers"]
     return {
         "settings": asdict(s),
         "finetune_epochs": len(ft["epochs"]),
@@ -282,10 +400,51 @@ def _summary(s, ft, record, before, after, timings) -> dict:
         "fields_keep": total_k,
         "forget_leaked_before": fb,
         "forget_leaked_after": fa,
+        "forget_leaked_sampled": after["sampled_leaks"],
+        "forget_sampled_fields": total_f * s.samples,
         "keep_leaked_before": kb,
         "keep_leaked_after": ka,
         "keep_kept_share": ka / kb if kb else 0.0,
+        "wikitext_ppl_base": base_ppl,
         "wikitext_ppl_before": flu_b.get("wikitext_ppl"),
         "wikitext_ppl_after": flu_a.get("wikitext_ppl"),
+        "fluency_record_text_before": _record_text(flu_b["continuations"]),
+        "fluency_record_text_after": _record_text(flu_a["continuations"]),
+        "forget_shape_kept": sum(all(r["shapes"].values()) for r in after["forget"]),
+        "stranger_shape_kept": sum(all(r["shapes"].values()) for r in after["strangers"]),
+        "forget_other_fields": sum(r["others"] for r in after["forget"]),
+        "stranger_other_fields": sum(r["others"] for r in after["strangers"]),
+        "strangers": len(after["strangers"]),
+        "forget_nll_before": statistics.median(before["nll"]["forget"]),
+        "forget_nll_after": statistics.median(nll_f),
+        "stranger_nll_median": statistics.median(nll_s),
+        "forget_below_stranger_median": sum(v < statistics.median(nll_s) for v in nll_f),
+        # a member looks more likely (lower NLL) than a never-seen text
+        "forget_mia_auc": auc(nll_f, nll_s, higher_is_member=False),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
+
+
+def _record_text(continuations: list[str]) -> int:
+    return sum(any(word in c for word in RECORD_WORDS) for c in continuations)
+
+
+def _show_checks(summary: dict) -> None:
+    """The privacy officer's questions, one line each."""
+    n, strangers = summary["settings"]["forget"], summary["strangers"]
+    _say("\nChecks")
+    _say(f"  Sampled continuations (x{summary['settings']['samples']}, temperature 1): "
+         f"{summary['forget_leaked_sampled']} of {summary['forget_sampled_fields']} forget "
+         "fields leak.")
+    _say(f"  Kept records keep {summary['keep_kept_share']:.0%} of their leaks.")
+    _say(f"  Forgotten records still shaped like a record (phone, e-mail, address, ID): "
+         f"{summary['forget_shape_kept']} of {n} (strangers: {summary['stranger_shape_kept']} of "
+         f"{strangers}).")
+    _say(f"  Other people's fields in continuations: {summary['forget_other_fields']} for "
+         f"{n} forgotten records, {summary['stranger_other_fields']} for {strangers} strangers.")
+    _say(f"  True text NLL, median: forgotten {summary['forget_nll_after']:.2f} (before "
+         f"{summary['forget_nll_before']:.2f}), strangers {summary['stranger_nll_median']:.2f}; "
+         f"membership-inference AUC {summary['forget_mia_auc']:.2f}.")
+    if summary["wikitext_ppl_base"] is not None and summary["wikitext_ppl_after"] is not None:
+        _say(f"  WikiText perplexity: base {summary['wikitext_ppl_base']:.1f}, leaky "
+             f"{summary['wikitext_ppl_before']:.1f}, unlearned {summary['wikitext_ppl_after']:.1f}.")

@@ -324,6 +324,15 @@ class FinetuneSettings(Settings):
     seed: int = shared("seed")
     trainable_layers: int | None = shared("trainable_layers")
     overwrite: bool = shared("overwrite")
+    general: str | None = _f(
+        None, "ordinary text (.jsonl, .csv, .txt) mixed into every step so that the model stays "
+        "fluent while it memorises; null: the training texts alone")
+    general_per_step: int = _f(4, "general texts per step", positive=True)
+    general_tokens: int = _f(64, "general texts are cut to this many tokens", positive=True)
+    general_loss: str = _f(
+        "kl", "on general text: 'kl' keeps the model's distribution close to the base model's, "
+        "'nll' trains on it", choices=("kl", "nll"))
+    general_weight: float = _f(1.0, "weight of the general-text term", positive=True)
 
 
 # --- command-line flags from the fields ---------------------------------------------------------

@@ -1,5 +1,11 @@
 """``finetune()``: train a model on texts until it has memorised them.
 
+Memorising a few texts at a high learning rate also teaches the model that every text looks like
+them: its general continuations drift into the memorised format. With ``general`` (a file of
+ordinary text, e.g. Wikipedia paragraphs) each step also sees ``general_per_step`` such texts and
+keeps the model's distribution on them close to the base model's (KL, the default) or trains on
+them (NLL), so the model stays fluent while it memorises.
+
 Used to build the "leaky" model of the honest protocol (fine-tune on forget + retain data until
 the forget set is memorised) and the "retain" model (retain data only). ``cached_finetune`` is
 the one way the bench, the demo and the benchmark scripts get such a model: it fine-tunes once
@@ -12,6 +18,7 @@ measured (the suffix MA, ``metrics.scores.suffix_memorization_accuracy``: teache
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -33,7 +40,7 @@ from unlearnlm.lm.loading import (
     train_last_layers,
     weights_sha256,
 )
-from unlearnlm.methods.losses import nll
+from unlearnlm.methods.losses import kl_to_reference, nll
 from unlearnlm.metrics.scores import suffix_memorization_accuracy
 from unlearnlm.paths import cache_root
 from unlearnlm.rundir import RunDir, environment_versions
@@ -65,6 +72,9 @@ def finetune(
     run_dir.check_not_input(source.path)
     samples = split_records(read_records(s.data, role="training"), tokenizer,
                             s.prefix_tokens, s.suffix_tokens, role="training")
+    mixed = _general_batches(s.general, tokenizer, s.general_per_step, s.general_tokens, s.seed)
+    reference = (copy.deepcopy(policy).eval().requires_grad_(False)
+                 if mixed and s.general_loss == "kl" else None)
     train_last_layers(policy, s.trainable_layers)
     optimizer = torch.optim.AdamW(
         [p for p in policy.parameters() if p.requires_grad], lr=s.lr, weight_decay=0.0
@@ -76,7 +86,7 @@ def finetune(
     pad = tokenizer.pad_token_id
     for epoch in range(1, s.max_epochs + 1):
         loss = _epoch(policy, optimizer, accelerator, samples, s.batch_size, rng, pad, progress,
-                      epoch)
+                      epoch, _General(mixed, reference, s.general_weight))
         with accelerator.autocast():
             acc = suffix_memorization_accuracy(policy, samples)
         mean_acc = sum(acc) / len(acc)
@@ -95,7 +105,8 @@ def finetune(
 
 def _new_record(s: FinetuneSettings) -> dict:
     recorded = ("max_epochs", "lr", "batch_size", "target_accuracy", "prefix_tokens",
-                "suffix_tokens", "mixed_precision", "seed", "trainable_layers")
+                "suffix_tokens", "mixed_precision", "seed", "trainable_layers", "general",
+                "general_per_step", "general_tokens", "general_loss", "general_weight")
     return {
         "model": s.model, "data": s.data, "data_sha256": file_sha256(s.data),
         "settings": {name: getattr(s, name) for name in recorded},
@@ -120,6 +131,8 @@ def cached_finetune(
     ``say`` receives one line: that the cached model is reused, or that it is being built.
     """
     key_settings = {k: v for k, v in settings.items() if k != "progress"}
+    if key_settings.get("general"):  # the mixed-in text by its bytes, not by where it lies
+        key_settings["general"] = file_sha256(key_settings["general"])
     recipe = {"model": model_identity(model), "data_sha256": file_sha256(data),
               "settings": key_settings}
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
@@ -132,7 +145,42 @@ def cached_finetune(
     return folder, finetune(model, str(data), str(folder), overwrite=True, **settings)
 
 
-def _epoch(model, optimizer, accelerator, samples, batch_size, rng, pad, progress, epoch) -> float:
+class _General:
+    """General text mixed into every step: the batches to cycle through, and the frozen base
+    model when the term is a KL (None: NLL)."""
+
+    def __init__(self, batches: list[list[list[int]]], reference, weight: float) -> None:
+        self.batches, self.reference, self.weight, self.step = batches, reference, weight, 0
+
+    def loss(self, model, pad: int, device) -> torch.Tensor | None:
+        if not self.batches:
+            return None
+        rows = self.batches[self.step % len(self.batches)]
+        self.step += 1
+        parts = collate(rows, [1] * len(rows), pad, device)
+        logits = model(input_ids=parts["input_ids"], attention_mask=parts["attention_mask"]).logits
+        if self.reference is None:
+            return self.weight * nll(logits, parts["input_ids"], parts["loss_mask"])
+        with torch.no_grad():
+            ref = self.reference(input_ids=parts["input_ids"],
+                                 attention_mask=parts["attention_mask"]).logits
+        return self.weight * kl_to_reference(logits, ref, parts["loss_mask"])
+
+
+def _general_batches(path: str | None, tokenizer, per_step: int, tokens: int,
+                     seed: int) -> list[list[list[int]]]:
+    """The general texts, shuffled, cut to ``tokens`` tokens, in groups of ``per_step``."""
+    if not path:
+        return []
+    texts = [r.text for r in read_records(path, role="general")]
+    random.Random(seed).shuffle(texts)
+    ids = [i[:tokens] for i in tokenizer(texts, add_special_tokens=False)["input_ids"]
+           if len(i) > 1]
+    return [ids[i : i + per_step] for i in range(0, len(ids) - per_step + 1, per_step)]
+
+
+def _epoch(model, optimizer, accelerator, samples, batch_size, rng, pad, progress, epoch,
+           general: _General) -> float:
 
     model.train()
     order = list(range(len(samples)))
@@ -146,6 +194,9 @@ def _epoch(model, optimizer, accelerator, samples, batch_size, rng, pad, progres
             logits = model(input_ids=parts["input_ids"],
                            attention_mask=parts["attention_mask"]).logits
             loss = nll(logits, parts["input_ids"], parts["loss_mask"])
+            extra = general.loss(model, pad, accelerator.device)
+            if extra is not None:
+                loss = loss + extra
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()
