@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import CALIBRATION_RECORDS, FORGET_RECORDS, POOL_RECORDS, write_jsonl
+from conftest import CALIBRATION_RECORDS, FORGET_RECORDS, POOL_RECORDS, write_jsonl
 from unlearnlm.data.texts import Record, Sample, split_after_opening
 from unlearnlm.errors import UnlearnError
 from unlearnlm.methods.losses import bounded_forget, sample_nll

@@ -447,4 +447,5 @@ def _show_checks(summary: dict) -> None:
          f"membership-inference AUC {summary['forget_mia_auc']:.2f}.")
     if summary["wikitext_ppl_base"] is not None and summary["wikitext_ppl_after"] is not None:
         _say(f"  WikiText perplexity: base {summary['wikitext_ppl_base']:.1f}, leaky "
-             f"{summary['wikitext_ppl_before']:.1f}, unlearned {summary['wikitext_ppl_after']:.1f}.")
+             f"{summary['wikitext_ppl_before']:.1f}, unlearned "
+             f"{summary['wikitext_ppl_after']:.1f}.")
