@@ -405,22 +405,8 @@ def continuation_nll(
     """Per sequence, the mean of -log P(x_t | x_<t) over t >= start (nats per token): how
     likely the model finds a text's continuation after its first ``start`` tokens."""
     _check_lengths(sequences, 2, "continuation_nll")
-    totals = [0.0] * len(sequences)
-    with evaluation_mode(model), torch.inference_mode():
-        for chunk, input_ids, mask in right_padded_batches(
-            sequences, batch_size, model_device(model)
-        ):
-            logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
-            nll = F.cross_entropy(  # (B, L-1): position t-1 predicts token t
-                logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:], reduction="none"
-            )
-            targets = mask[:, 1:].clone()
-            for row, index in enumerate(chunk):
-                targets[row, : max(starts[index], 1) - 1] = 0
-            sums = (nll * targets).sum(dim=1) / targets.sum(dim=1).clamp(min=1)
-            for row, index in enumerate(chunk):
-                totals[index] = float(sums[row])
-    return totals
+    rows = as_lm(model).targets(sequences, [max(start, 1) for start in starts], batch_size)
+    return [-sum(row.logprobs) / max(len(row.logprobs), 1) for row in rows]
 
 
 def perplexity(model, sequences: list[list[int]], batch_size: int = 8) -> float:

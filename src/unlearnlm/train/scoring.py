@@ -137,10 +137,9 @@ def cut_probe_scores(model, tokenizer, samples: list[Sample], config) -> list[di
     if not samples:
         return []
     jobs = [(i, cut) for i, s in enumerate(samples) for cut in cut_points(s, config.probe_cuts)]
-    generations = generate_continuations(
-        model, [samples[i].input_ids[:cut] for i, cut in jobs], config.probe_tokens,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
+    lm = as_lm(model, tokenizer)
+    generations = lm.generate([samples[i].input_ids[:cut] for i, cut in jobs],
+                              config.probe_tokens, eos_token_id=lm.eos_token_id)
     overlaps: list[list[float]] = [[] for _ in samples]
     for (i, cut), generated in zip(jobs, generations):
         truth = samples[i].input_ids[cut : cut + config.probe_tokens]
