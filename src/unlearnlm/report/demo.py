@@ -39,8 +39,8 @@ def _overview(report: Report, summary: dict, record: dict) -> None:
     settings = summary["settings"]
     report.text(f"Model: `{settings['model']}`, fine-tuned until it recited "
                 f"{settings['forget'] + settings['keep']} fictitious records (suffix token "
-                f"accuracy {summary['finetune_suffix_accuracy']:.3f}), then ICU on "
-                f"{settings['forget']} of them.")
+                f"accuracy {summary['finetune_suffix_accuracy']:.3f}), then `{settings['method']}` "
+                f"on {settings['forget']} of them.")
     rows = [
         ["forget records: private fields leaking",
          f"{summary['forget_leaked_before']} of {summary['fields_forget']}",
@@ -52,11 +52,36 @@ def _overview(report: Report, summary: dict, record: dict) -> None:
          f"{summary['keep_kept_share']:.0%}" if summary["keep_leaked_before"] else "-"],
     ]
     if summary["wikitext_ppl_before"] is not None:
-        rows.append(["WikiText perplexity", f"{summary['wikitext_ppl_before']:.2f}",
+        base = summary.get("wikitext_ppl_base")
+        rows.append(["WikiText perplexity" + (f" (base model {base:.2f})" if base else ""),
+                     f"{summary['wikitext_ppl_before']:.2f}",
                      f"{summary['wikitext_ppl_after']:.2f}"])
     report.table(["", "before", "after"], rows, key="summary")
-    report.text(f"ICU stopped after epoch {summary['unlearn_epochs']}: {summary['stopped']}. "
-                f"Thresholds: `{json.dumps(record['thresholds'])}`.")
+    report.text(f"`{settings['method']}` stopped after epoch {summary['unlearn_epochs']}: "
+                f"{summary['stopped']}. Thresholds: `{json.dumps(record['thresholds'])}`.")
+    _checks(report, summary)
+
+
+def _checks(report: Report, summary: dict) -> None:
+    """A forgotten person should look like a stranger to the model, under any decoding."""
+    n, strangers = summary["settings"]["forget"], summary["strangers"]
+    report.heading("Forgotten like a stranger?")
+    report.table(["check", "forgotten records", "strangers (never seen)"], [
+        ["private fields leaking in sampled continuations (temperature 1)",
+         f"{summary['forget_leaked_sampled']} of {summary['forget_sampled_fields']}", "-"],
+        ["continuations shaped like a record (phone, e-mail, address, ID)",
+         f"{summary['forget_shape_kept']} of {n}",
+         f"{summary['stranger_shape_kept']} of {strangers}"],
+        ["other people's private fields in the continuations",
+         f"{summary['forget_other_fields']} ({summary['forget_other_fields'] / n:.2f} a record)",
+         f"{summary['stranger_other_fields']} "
+         f"({summary['stranger_other_fields'] / strangers:.2f} a name)"],
+        ["median NLL of the true text (nats/token)",
+         f"{summary['forget_nll_after']:.2f} (before {summary['forget_nll_before']:.2f})",
+         f"{summary['stranger_nll_median']:.2f}"],
+        ["membership-inference AUC (NLL), forgotten vs strangers",
+         f"{summary['forget_mia_auc']:.2f}", "0.5 = indistinguishable"],
+    ], key="checks")
 
 
 def _field_counts(report: Report, before: dict, after: dict) -> None:
