@@ -109,7 +109,7 @@ def test_selectivity_in_miniature(leaky_llama_dir, tmp_path):
     before = _suffix_ma(model, tokenizer, FORGET_RECORDS, 4)
     record = unlearn(model=str(leaky_llama_dir), forget=str(forget), retain=str(kept),
                      pool=str(pool), calibrate_on=str(unseen), out=str(tmp_path / "run"),
-                     method="relabel", lr=3e-3, max_epochs=40, opening_tokens=4, batch_size=2,
+                     method="relabel", lr=1e-3, max_epochs=40, opening_tokens=4, batch_size=2,
                      guard_ppl_factor=None)
     assert record["dropped_order"] == ["s0"], record["stopped"]
     model, tokenizer, _ = load_model(str(tmp_path / "run"))

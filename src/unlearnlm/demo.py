@@ -77,6 +77,8 @@ class DemoSettings(Settings):
     unlearn_lr: float | None = setting(
         None, "unlearning learning rate; null: the method's own", positive=True)
     unlearn_epochs: int = setting(12, "unlearning epochs at most", positive=True)
+    loss_weights: dict[str, float] = setting(
+        {}, "override the method's loss weights, by term name", flag="loss-weight")
     batch_size: int = shared("batch_size", 8, "records per step, fine-tuning and unlearning")
     trainable_layers: int | None = shared(
         "trainable_layers", 10, "fine-tuning and unlearning train only the last N transformer "
@@ -376,8 +378,9 @@ def _unlearn_settings(out: Path, s: DemoSettings, leaky_dir: Path) -> dict:
         el_every_epoch=False, calibrate_el=False, stop_on_el=False, drop_rule=s.drop_rule,
         forget_tokens=s.forget_tokens, guard_ppl_factor=None, overwrite=True,
     )
+    settings["loss_weights"] = dict(s.loss_weights)
     if s.retain_weight:
-        settings["loss_weights"] = {"retain_nll": s.retain_weight}
+        settings["loss_weights"]["retain_nll"] = s.retain_weight
     return settings
 
 

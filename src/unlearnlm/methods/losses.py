@@ -166,7 +166,7 @@ class Method:
 
 
 ICU_WEIGHTS = {"forget_ga": 1.0, "analogous_nll": 0.5, "analogous_kl": 1.0}
-RELABEL_WEIGHTS = {"forget_bounded": 1.0, "relabel_nll": 1.0, "retain_kl": 1.0}
+RELABEL_WEIGHTS = {"forget_bounded": 1.0, "relabel_nll": 1.0, "retain_kl": 5.0}
 METHODS: dict[str, Method] = {
     "relabel": Method(
         RELABEL_WEIGHTS, True,
