@@ -52,11 +52,12 @@ def test_a_benchmark_name_resolves_to_its_prefix_and_suffix(data_dir):
 
 
 def test_unknown_methods_and_tasks_are_refused(capsys):
-    with pytest.raises(UnlearnError, match="unknown method 'nope'; known methods: icu, .*ga"):
+    with pytest.raises(UnlearnError,
+                       match="unknown method 'nope'; known methods: relabel, icu, .*ga"):
         BenchSettings(methods="icu,nope")
     assert main(["bench", "--methods", "icu,nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "known methods: icu" in err[0]
+    assert len(err) == 1 and "known methods: relabel, icu" in err[0]
     with pytest.raises(UnlearnError, match="unknown task 'bogus'"):
         BenchSettings(tasks="forget,bogus")
     assert BenchSettings(methods=" icu, ga ,icu").methods == ["icu", "ga"]

@@ -73,7 +73,7 @@ def test_demo_pipeline_runs_on_a_tiny_model(tiny_llama_dir, tmp_path, monkeypatc
     assert 0.0 <= saved["forget_mia_auc"] <= 1.0
     assert saved["settings"]["method"] == "relabel"
     # the leaky model saw general text in every step (the shared data holds Wikipedia pages)
-    finetuned = json.loads(next((tmp_path / "cache" / "demo").glob("*/finetune.json")).read_text())
+    finetuned = json.loads(next((tmp_path / "cache").glob("*/leaky-*/finetune.json")).read_text())
     assert finetuned["settings"]["general_per_step"] == 2
     assert finetuned["settings"]["general"].endswith("general.jsonl")
     # a second run reuses the cached leaky model
