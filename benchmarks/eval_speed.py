@@ -48,7 +48,7 @@ from unlearnlm.metrics.scores import (
     memorization_accuracy,
 )
 from unlearnlm.paths import cache_root, data_root
-from unlearnlm.rundir import write_text_atomic
+from unlearnlm.rundir import write_json, write_text_atomic
 
 METRICS = ("ma", "el", "generation", "bleu", "bertscore")
 LABELS = {
@@ -397,8 +397,7 @@ def main() -> None:
             "values": {"ids": [s.id for s in samples], "ours": ours_values,
                        "naive": naive_values},
         }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
+        write_json(args.json, result)
         print(f"saved {args.json}")
 
 

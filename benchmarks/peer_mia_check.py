@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import sys
 import types
 from pathlib import Path
@@ -55,6 +54,7 @@ from unlearnlm.evaluate.privacy import (
 )
 from unlearnlm.lm.loading import load_model
 from unlearnlm.paths import cache_root
+from unlearnlm.rundir import write_json
 
 PEER_ATTACKS = {"loss": "LOSSAttack", "zlib": "ZLIBAttack", "min_k": "MinKProbAttack",
                 "min_k_plus_plus": "MinKPlusPlusAttack"}
@@ -192,8 +192,7 @@ def report(args, mine: dict, peer_scores: dict, members: int) -> None:
         print(f"| {key} | {ours_auc(mine[key], higher):.4f} | "
               f"{peer_scores[peer_name]['auc']:.4f} | {diff:.3g} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"ours": mine, "theirs": peer_scores}, indent=2),
-                                   encoding="utf-8")
+        write_json(args.json, {"ours": mine, "theirs": peer_scores})
         print(f"saved {args.json}")
 
 
