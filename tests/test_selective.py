@@ -125,3 +125,18 @@ def test_selectivity_in_miniature(leaky_llama_dir, tmp_path):
     [generated] = generate_continuations(model, [opening], len(first_half) - 4,
                                          pad_token_id=tokenizer.pad_token_id)
     assert generated != first_half[4:]
+
+
+def test_bounded_forget_caps_each_token():
+    """Targets with P = 0.5 and P = 1e-6: NLLs ln 2 and 13.8. With cap 3 the row's NLL counts as
+    (ln 2 + 3) / 2 = 1.8466, so floor 2.5 leaves a loss of 0.6534; the capped token gives no
+    gradient, the other one all of it."""
+    ids = torch.tensor([[0, 1, 2]])
+    mask = torch.tensor([[0, 1, 1]])
+    logits = _logits_for([[0.5, 0.5, 1e-9], [1e-6, 1 - 2e-6, 1e-6], [1 / 3, 1 / 3, 1 / 3]])
+    logits.requires_grad_(True)
+    loss = bounded_forget(logits, ids, mask, 2.5, cap=3.0)
+    assert float(loss.detach()) == pytest.approx(2.5 - (math.log(2) + 3.0) / 2, abs=1e-4)
+    loss.backward()
+    assert torch.count_nonzero(logits.grad[0, 1]) == 0  # the capped token (t=2)
+    assert torch.count_nonzero(logits.grad[0, 0]) > 0

@@ -73,6 +73,7 @@ class DemoSettings(Settings):
     general_tokens: int = setting(64, "tokens of each mixed-in paragraph", positive=True)
     general_loss: str = setting(
         "kl", "on the mixed-in paragraphs: 'kl' to the base model or 'nll'", choices=("kl", "nll"))
+    general_weight: float = setting(1.0, "weight of the mixed-in paragraphs' term", positive=True)
     method: str = setting("relabel", "unlearning method (see `unlearnlm methods`)")
     unlearn_lr: float | None = setting(
         None, "unlearning learning rate; null: the method's own", positive=True)
@@ -158,7 +159,7 @@ def leaky_model(out: Path, s: DemoSettings, train_file: Path) -> tuple[Path, dic
         mixed_precision=s.mixed_precision, seed=s.seed, trainable_layers=s.trainable_layers,
         general=str(general) if general.is_file() and s.general_per_step else None,
         general_per_step=max(s.general_per_step, 1), general_tokens=s.general_tokens,
-        general_loss=s.general_loss,
+        general_loss=s.general_loss, general_weight=s.general_weight,
     )
 
 

@@ -46,24 +46,33 @@ def forget_ga(
     return -nll(logits, input_ids, loss_mask)
 
 
-def sample_nll(logits: torch.Tensor, input_ids: torch.Tensor,
-               loss_mask: torch.Tensor) -> torch.Tensor:
-    """Per row: -mean_t log P(x_t | x_<t) over that row's target tokens, shape (B,)."""
+def sample_nll(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor,
+               cap: float | None = None) -> torch.Tensor:
+    """Per row: mean_t of -log P(x_t | x_<t) over that row's target tokens, shape (B,); with
+    ``cap``, each token's NLL counts at most ``cap``."""
     mask = loss_mask[:, 1:].to(torch.float32)
-    return -(token_logprobs(logits, input_ids) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    per_token = -token_logprobs(logits, input_ids)  # (B, T-1)
+    if cap is not None:
+        per_token = per_token.clamp(max=float(cap))
+    return (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
 
 
 def bounded_forget(
-    logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor, floor: torch.Tensor
+    logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor, floor: torch.Tensor,
+    cap: float | None = None,
 ) -> torch.Tensor:
     """Gradient ascent that stops at a floor: mean_b max(0, floor_b - NLL_b), NLL_b the mean
-    per-token NLL of row b's target tokens.
+    per-token NLL of row b's target tokens, each token counting at most ``cap`` nats.
 
     Below the floor it is the gradient ascent of Jang et al. (2023) on that row; once the text is
     as unlikely as the floor (set from texts the model never saw, the yardstick Jang et al. used
     for their stop thresholds) the row contributes nothing, so the push ends where "never seen"
-    begins instead of running on into collapse. ``floor``: a scalar or one value per row (B,)."""
-    per_row = sample_nll(logits, input_ids, loss_mask)  # (B,)
+    begins instead of running on into collapse. ``floor``: a scalar or one value per row (B,).
+
+    The cap spreads the push: without it the mean can reach the floor by making two or three
+    tokens absurdly unlikely while the rest of the text, given its own beginning, still comes
+    back word for word; a token past the cap gives no more gradient, so the others must rise."""
+    per_row = sample_nll(logits, input_ids, loss_mask, cap)  # (B,)
     floor = torch.as_tensor(floor, dtype=per_row.dtype, device=per_row.device)
     return torch.relu(floor - per_row).mean()
 
@@ -238,5 +247,5 @@ def _term_value(term: LossTerm, logits, ref_logits, batch) -> torch.Tensor:
     if term.kind == "dpo":
         return dpo(logits, ref_logits, ids, mask)
     if term.kind == "bounded":
-        return bounded_forget(logits, ids, mask, batch["floor"])
+        return bounded_forget(logits, ids, mask, batch["floor"], batch.get("cap"))
     return npo(logits, ref_logits, ids, mask)

@@ -47,6 +47,7 @@ class Thresholds:
     # its true continuation's NLL (nats/token) is at least ``nll_floor``
     extraction: float | None = None
     nll_floor: float | None = None
+    nll_cap: float | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -58,6 +59,7 @@ class Thresholds:
             "inclusive": self.inclusive,
             "extraction": self.extraction,
             "nll_floor": self.nll_floor,
+            "nll_cap": self.nll_cap,
         }
 
     def under(self, value: float, name: str) -> bool:
@@ -158,18 +160,24 @@ def is_forgotten_at_cuts(scores: dict, thresholds: Thresholds) -> bool:
 
 def calibrate_cuts(model, tokenizer, samples: list[Sample], config, path: str) -> Thresholds:
     """Thresholds of the cut-point test from never-seen texts: the ``calibration_quantile`` of
-    their largest cut overlap, and the median of their continuation NLL as the floor."""
+    their largest cut overlap, and the median of their continuation NLL as the floor; and the
+    cap of the bounded ascent: the 90th percentile of their single tokens' NLL (no token of a
+    forgotten text needs to be less likely than the rarest tenth of a stranger's tokens)."""
     q = config.calibration_quantile
     with torch.no_grad():
         scores = cut_probe_scores(model, tokenizer, samples, config)
+        tokens = as_lm(model, tokenizer).targets([s.input_ids for s in samples],
+                                                 [len(s.prefix_ids) for s in samples])
+    token_nll = [-v for row in tokens for v in row.logprobs]
     return Thresholds(
         bleu=config.bleu_threshold, bertscore=config.bertscore_threshold,
         el=config.el_threshold, ma=config.ma_threshold,
         source=(f"calibrated on {len(samples)} texts in {path}: cut-point overlap at quantile "
-                f"{q}, NLL floor at their median"),
+                f"{q}, NLL floor at their median, token NLL cap at their 90th percentile"),
         inclusive=True,
         extraction=float(np.quantile([s["extraction"] for s in scores], q)),
         nll_floor=float(np.median([s["nll"] for s in scores])),
+        nll_cap=float(np.quantile(token_nll, 0.9)),
     )
 
 

@@ -518,7 +518,8 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
         parts = _build_batches(batch, run.forget, run.analogous, run.retain, rng, config,
                                run.tokenizer.pad_token_id, accelerator.device,
                                mismatch=run.mismatch, preferred=run.preferred,
-                               relabel=run.relabel, floor=run.thresholds.nll_floor)
+                               relabel=run.relabel, floor=run.thresholds.nll_floor,
+                               cap=run.thresholds.nll_cap)
         with accelerator.autocast():
             loss, terms = combined_loss(run.weights, model, run.reference, parts)
         run.optimizer.zero_grad(set_to_none=True)
@@ -530,11 +531,12 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
 
 
 def _build_batches(batch, forget, analogous, retain, rng, config, pad, device, *,
-                   mismatch=(), preferred=(), relabel=(), floor=None) -> dict:
+                   mismatch=(), preferred=(), relabel=(), floor=None, cap=None) -> dict:
     starts = [len(forget[i].prefix_ids) if config.loss_on == "suffix" else 1 for i in batch]
     parts = {"forget": collate([forget[i].input_ids for i in batch], starts, pad, device)}
     if floor is not None:
         parts["forget"]["floor"] = torch.tensor(floor, device=device)
+        parts["forget"]["cap"] = cap
     if relabel:
         parts["relabel"] = collate([relabel[i] for i in batch],
                                    [len(forget[i].prefix_ids) for i in batch], pad, device)
