@@ -76,8 +76,9 @@ class DemoSettings(Settings):
     general_weight: float = setting(1.0, "weight of the mixed-in paragraphs' term", positive=True)
     method: str = setting("relabel", "unlearning method (see `unlearnlm methods`)")
     unlearn_lr: float | None = setting(
-        None, "unlearning learning rate; null: the method's own", positive=True)
-    unlearn_epochs: int = setting(12, "unlearning epochs at most", positive=True)
+        3e-4, "unlearning learning rate; null: the method's own", positive=True)
+    unlearn_epochs: int = setting(10, "unlearning epochs at most", positive=True)
+    unlearn_batch_size: int = setting(4, "forget records per unlearning step", positive=True)
     loss_weights: dict[str, float] = setting(
         {}, "override the method's loss weights, by term name", flag="loss-weight")
     batch_size: int = shared("batch_size", 8, "records per step, fine-tuning and unlearning")
@@ -374,7 +375,7 @@ def _unlearn_settings(out: Path, s: DemoSettings, leaky_dir: Path) -> dict:
         pool=str(data / "pool.jsonl") if s.pair_with_pool else None,
         retain=str(data / "keep.jsonl"), calibrate_on=str(data / "calibration.jsonl"),
         out=str(out / "model"), method=s.method, lr=s.unlearn_lr, max_epochs=s.unlearn_epochs,
-        batch_size=s.batch_size, prefix_tokens=50, suffix_tokens=None,
+        batch_size=s.unlearn_batch_size, prefix_tokens=50, suffix_tokens=None,
         mixed_precision=s.mixed_precision, seed=s.seed, trainable_layers=s.trainable_layers,
         el_every_epoch=False, calibrate_el=False, stop_on_el=False, drop_rule=s.drop_rule,
         forget_tokens=s.forget_tokens, guard_ppl_factor=None, overwrite=True,
