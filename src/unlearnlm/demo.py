@@ -42,7 +42,7 @@ from unlearnlm.settings import Settings, setting, shared
 log = logging.getLogger(__name__)
 
 # words of the record template: a general prompt continued with one of them drifted into records
-RECORD_WORDS = ("Personal record", "Phone:", "Email:", "ID number:", "Address:")
+RECORD_WORDS = ("Personal record", "Job:", "Phone:", "Email:", "ID number:", "Address:")
 
 
 @dataclass
