@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 from unlearnlm.demo import DemoSettings, run_demo
+from unlearnlm.rundir import write_text_atomic
 
 HEADER = ("| method | lr | forget leaked | sampled leaks | kept share | shape kept | other fields "
           "(forgot / strangers) | NLL forgot / strangers | MIA AUC | WikiText PPL base / leaky / "
@@ -63,7 +64,8 @@ def main() -> None:
         summary["loss_weights"] = weights
         rows.append(row(summary))
         print("\n".join([HEADER, "|---" * 12 + "|", *rows]), flush=True)
-    (Path(args.out) / "table.md").write_text("\n".join([HEADER, "|---" * 12 + "|", *rows]) + "\n")
+    write_text_atomic(Path(args.out) / "table.md",
+                      "\n".join([HEADER, "|---" * 12 + "|", *rows]) + "\n")
     print(json.dumps({"table": str(Path(args.out) / "table.md")}))
 
 

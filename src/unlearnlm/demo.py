@@ -37,6 +37,7 @@ from unlearnlm.data.records import (
     write_records,
 )
 from unlearnlm.lm.generation import generate_continuations
+from unlearnlm.rundir import write_text_atomic
 from unlearnlm.settings import Settings, setting, shared
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,8 @@ def make_data(out: Path, s: DemoSettings) -> dict[str, list[dict]]:
         write_records(out / "data" / f"{name}.jsonl", records)
     general = _general_texts(400, s.seed)
     if general:
-        with open(out / "data" / "general.jsonl", "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps({"text": t}) + "\n" for t in general)
+        write_text_atomic(out / "data" / "general.jsonl",
+                          "".join(json.dumps({"text": t}) + "\n" for t in general))
     return sets
 
 
