@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("unlearn", help="unlearn a forget set (ICU by default)")
+    run = sub.add_parser("unlearn", help="unlearn a forget set (default method: relabel)")
     run.add_argument("--resume", metavar="OUT",
                      help="carry on a killed run from its last finished epoch (its own settings)")
     add_flags(run, UnlearnConfig)
