@@ -76,6 +76,22 @@ def test_target_logprobs_match_a_hand_written_forward_pass(llama):
     assert len(rows[0].logprobs) == len(sequences[0]) - 3
 
 
+def test_summed_nll_is_the_float32_sum_of_each_padded_row(llama):
+    """Per sequence, -sum log P(x_t | x_<t) over t >= 1, summed in float32 like the published
+    perplexity code: equal to the per-token log-probabilities within float32 rounding, and
+    exactly the float32 sum of one sequence scored alone."""
+    sequences = _sequences(llama)
+    sums = llama.summed_nll(sequences, batch_size=3)
+    by_token = [-sum(row.logprobs) for row in llama.targets(sequences, 1, batch_size=3)]
+    assert sums == pytest.approx(by_token, rel=1e-5)
+    tokens = torch.tensor([sequences[2]])
+    with torch.no_grad():
+        logits = llama.model(input_ids=tokens).logits[0]
+    alone = torch.nn.functional.cross_entropy(logits[:-1].float(), tokens[0, 1:], reduction="none")
+    assert sums[2] == pytest.approx(alone.sum().item(), rel=1e-6)
+    assert len(sums) == len(sequences) and all(s > 0 for s in sums)
+
+
 def test_starts_are_checked(llama):
     with pytest.raises(UnlearnError, match="starts >= 1"):
         llama.targets([[1, 2, 3]], 0)

@@ -153,6 +153,21 @@ class LM:
 
         return self.score(sequences, per_row, batch_size)
 
+    def summed_nll(self, sequences: list[list[int]], batch_size: int = 8) -> list[float]:
+        """Per sequence: the sum over t in 1..T-1 of -log P(x_t | x_<t), summed per padded batch
+        row in float32 (the convention of the published perplexity code; a float64 sum of the
+        same terms differs in the fifth significant digit of a perplexity)."""
+        totals = [0.0] * len(sequences)
+        with self.evaluating():
+            for chunk, input_ids, mask in right_padded_batches(sequences, batch_size, self.device):
+                logits = self.logits(input_ids, mask)  # (B, L, V)
+                nll = F.cross_entropy(  # (B, L-1)
+                    logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:], reduction="none")
+                sums = (nll * mask[:, 1:]).sum(dim=1).tolist()
+                for row, index in enumerate(chunk):
+                    totals[index] = sums[row]
+        return totals
+
     def next_token_argmax(
         self, sequences: list[list[int]], batch_size: int = 16
     ) -> list[list[int]]:

@@ -55,7 +55,7 @@ def next_token_argmax(model, sequences: list[list[int]], batch_size: int = 16) -
 
 def _summed_nll(model, sequences: list[list[int]], batch_size: int) -> list[float]:
     """Per sequence: the sum over t in 1..T-1 of -log P(x_t | x_<t), in float32."""
-    return [-sum(row.logprobs) for row in as_lm(model).targets(sequences, 1, batch_size)]
+    return as_lm(model).summed_nll(sequences, batch_size)
 
 
 # --- memorisation: MA and EL_n -----------------------------------------------------------------
