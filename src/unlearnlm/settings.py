@@ -30,6 +30,7 @@ from unlearnlm.errors import UnlearnError
 
 S = TypeVar("S", bound="Settings")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+DTYPES = ("float32", "bfloat16")
 NULL_WORDS = ("none", "null", "all", "off")
 
 
@@ -124,6 +125,9 @@ def _typed(name: str, kind: str, value: Any) -> Any:
             raise UnlearnError(f"{name} must be a number, got {value!r} (YAML reads 5e-6 as "
                                "text: write 5.0e-6)")
         return float(value)
+    elif kind == "list[str]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UnlearnError(f"{name} must be a list of names, got {value!r}")
     elif kind == "str":
         if isinstance(value, os.PathLike):
             return os.fspath(value)
@@ -156,6 +160,20 @@ _SHARED: dict[str, tuple[Any, str, dict[str, Any]]] = {
                         {"choices": MIXED_PRECISION}),
     "el_n": (10, "n of the extraction likelihood EL_n (paper: 10)", {"positive": True}),
     "overwrite": (False, "replace a non-empty output directory", {}),
+    "lora_rank": (None, "train LoRA adapters of this rank (peft) instead of the weights; the "
+                  "frozen reference is then the same model with its adapters off; null: train the "
+                  "weights", {"positive": True}),
+    "lora_alpha": (16.0, "LoRA scale: the adapters add (alpha / rank) B A to each weight",
+                   {"positive": True}),
+    "lora_target_modules": ([], "modules to adapt, e.g. q_proj v_proj; empty: peft's defaults "
+                            "for the architecture", {}),
+    "merge": (False, "with --lora-rank: save the model with the adapter merged in (a plain "
+              "model); off: save the adapter alone, which --model reads back on its base (runs "
+              "without LoRA always save a plain model)", {}),
+    "gradient_checkpointing": (False, "recompute each block's activations in the backward pass "
+                               "instead of keeping them: less memory, more compute", {}),
+    "dtype": ("float32", "dtype of the weights: 'bfloat16' halves their memory (for GPUs; slow "
+              "on CPUs without bf16 instructions)", {"choices": DTYPES}),
 }
 _UNSET = object()
 
@@ -207,6 +225,12 @@ class UnlearnConfig(Settings):
     batch_size: int = shared("batch_size", 8, "forget samples per step (paper: 8)")
     max_epochs: int = shared("max_epochs", 30)
     trainable_layers: int | None = shared("trainable_layers")
+    lora_rank: int | None = shared("lora_rank")
+    lora_alpha: float = shared("lora_alpha")
+    lora_target_modules: list[str] = shared("lora_target_modules")
+    merge: bool = shared("merge")
+    gradient_checkpointing: bool = shared("gradient_checkpointing")
+    dtype: str = shared("dtype")
     adam_betas: list[float] = _f([0.9, 0.98], "Adam betas (official ICU code: 0.9, 0.98)")
     seed: int = shared("seed")
     prefix_tokens: int = shared("prefix_tokens")
@@ -292,6 +316,7 @@ class UnlearnConfig(Settings):
                 )
         if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
             raise UnlearnError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        check_what_trains(self)
 
     @property
     def learning_rate(self) -> float:
@@ -323,6 +348,12 @@ class FinetuneSettings(Settings):
     mixed_precision: str = shared("mixed_precision")
     seed: int = shared("seed")
     trainable_layers: int | None = shared("trainable_layers")
+    lora_rank: int | None = shared("lora_rank")
+    lora_alpha: float = shared("lora_alpha")
+    lora_target_modules: list[str] = shared("lora_target_modules")
+    merge: bool = shared("merge")
+    gradient_checkpointing: bool = shared("gradient_checkpointing")
+    dtype: str = shared("dtype")
     overwrite: bool = shared("overwrite")
     general: str | None = _f(
         None, "ordinary text (.jsonl, .csv, .txt) mixed into every step so that the model stays "
@@ -333,6 +364,19 @@ class FinetuneSettings(Settings):
         "kl", "on general text: 'kl' keeps the model's distribution close to the base model's, "
         "'nll' trains on it", choices=("kl", "nll"))
     general_weight: float = _f(1.0, "weight of the general-text term", positive=True)
+
+    def check(self) -> None:
+        check_what_trains(self)
+
+
+def check_what_trains(s: UnlearnConfig | FinetuneSettings) -> None:
+    """LoRA adapters or the last blocks train, not both; the adapted modules need LoRA."""
+    if s.lora_rank is not None and s.trainable_layers is not None:
+        raise UnlearnError("give either --lora-rank (adapters train) or --trainable-layers (the "
+                           "last blocks train), not both")
+    if s.lora_rank is None and s.lora_target_modules:
+        raise UnlearnError("--lora-target-modules applies to LoRA runs only: give --lora-rank R "
+                           "too")
 
 
 # --- command-line flags from the fields ---------------------------------------------------------
@@ -357,6 +401,8 @@ def _flag_kind(f: dataclasses.Field) -> dict[str, Any]:
         return {"action": "append", "type": _key_value, "metavar": "KEY=VALUE"}
     if kind.startswith("list[float]"):
         return {"nargs": "+", "type": float, "metavar": "X"}
+    if kind.startswith("list[str]"):
+        return {"nargs": "+", "metavar": "NAME"}
     scalar = kind.split("|")[0].strip()
     if scalar in ("int", "float"):
         number = int if scalar == "int" else float

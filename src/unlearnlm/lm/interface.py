@@ -79,11 +79,13 @@ class LM:
                                          trust_remote_code=trust_remote_code)
         return cls(model, tokenizer)
 
-    def save(self, out_dir: str | Path, records: dict[str, dict] | None = None) -> Path:
-        """Save weights, tokenizer and ``records`` atomically (``lm.loading.save_model``)."""
+    def save(self, out_dir: str | Path, records: dict[str, dict] | None = None, *,
+             merge: bool = True) -> Path:
+        """Save weights, tokenizer and ``records`` atomically (``lm.loading.save_model``); a
+        LoRA-adapted model with ``merge=False`` as its adapter alone."""
         if self.tokenizer is None:
             raise UnlearnError("saving a model needs its tokenizer; build the LM with one")
-        return save_model(self.model, self.tokenizer, out_dir, records)
+        return save_model(self.model, self.tokenizer, out_dir, records, merge=merge)
 
     # --- properties every kind of model answers ------------------------------------------------
 

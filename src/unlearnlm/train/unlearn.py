@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ from unlearnlm.data.texts import (
     split_records,
 )
 from unlearnlm.errors import UnlearnError
-from unlearnlm.lm.loading import load_model, save_model, train_last_layers, weights_sha256
+from unlearnlm.lm.loading import load_model, save_model, weights_sha256
 from unlearnlm.methods.losses import METHODS, batches_needed, combined_loss, needs_reference
 from unlearnlm.metrics.scores import perplexity
 from unlearnlm.rundir import RunDir, environment_versions, write_json
@@ -47,6 +46,7 @@ from unlearnlm.train.checkpoint import (
     save_checkpoint,
     snapshot,
 )
+from unlearnlm.train.models import DTYPES, make_accelerator, per_process, prepare_training
 from unlearnlm.train.scoring import (
     Thresholds,
     calibrate,
@@ -85,24 +85,23 @@ def unlearn(config: UnlearnConfig | None = None, *, resume: str | None = None,
     run.train()
     run.record["timings_s"] = {k: round(v, 3) for k, v in run.timings.items()}
     save_model(run.accelerator.unwrap_model(run.model), run.tokenizer, run_dir.out,
-               {"run.json": run.record})
+               {"run.json": run.record}, merge=config.merge)
     remove_partial(config.out)
     return run.record
 
 
 def _setup(config: UnlearnConfig, run_dir: RunDir) -> _Run:
     """Load data and model, pair analogous texts, build the optimiser."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     clock = time.perf_counter()
     set_seed(config.seed)
-    accelerator = Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
+    accelerator = make_accelerator(config.mixed_precision, config.cpu)
     method = METHODS[config.method]
     weights = {**method.weights, **config.loss_weights}
     records = _read_inputs(config)  # before the slow model load, so bad files fail fast
     model, tokenizer, source = load_model(
-        config.model, trust_pickle=config.trust_pickle,
+        config.model, dtype=DTYPES[config.dtype], trust_pickle=config.trust_pickle,
         trust_remote_code=config.trust_remote_code,
     )
     run_dir.check_not_input(source.path)
@@ -131,16 +130,14 @@ def _setup(config: UnlearnConfig, run_dir: RunDir) -> _Run:
     run.probe = _probe_texts(config, records, tokenizer)
     run.timings["data_and_pairing"] = time.perf_counter() - clock
 
-    if needs_reference(weights):
-        run.reference = copy.deepcopy(model).eval().requires_grad_(False)
-    run.record["model"]["trainable_parameters"] = train_last_layers(model, config.trainable_layers)
-    optimizer = torch.optim.Adam(
-        [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
-        betas=tuple(config.adam_betas),
+    betas = tuple(config.adam_betas)
+    prepared = prepare_training(
+        model, accelerator, config, reference=needs_reference(weights),
+        optimizer=lambda params: torch.optim.Adam(params, lr=config.learning_rate, betas=betas),
+        micro_batch=per_process(config.batch_size, accelerator.num_processes),
     )
-    run.model, run.optimizer = accelerator.prepare(model, optimizer)
-    if run.reference is not None:
-        run.reference = run.reference.to(accelerator.device)
+    run.record["model"]["trainable_parameters"] = prepared.trainable_parameters
+    run.model, run.optimizer, run.reference = prepared.model, prepared.optimizer, prepared.reference
     run.active = [True] * len(run.forget)
     return run
 
