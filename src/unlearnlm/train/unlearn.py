@@ -517,14 +517,23 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
                                mismatch=run.mismatch, preferred=run.preferred,
                                relabel=run.relabel, floor=run.thresholds.nll_floor,
                                cap=run.thresholds.nll_cap)
-        with accelerator.autocast():
-            loss, terms = combined_loss(run.weights, model, run.reference, parts)
-        run.optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        run.optimizer.step()
-        for name, value in {"total": float(loss.detach()), **terms}.items():
+        terms = unlearning_step(run.weights, model, run.reference, run.optimizer, accelerator,
+                                parts)
+        for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + value
     return {name: value / max(len(batches), 1) for name, value in sums.items()}
+
+
+def unlearning_step(weights: dict[str, float], model, reference, optimizer, accelerator,
+                    parts: dict[str, dict]) -> dict[str, float]:
+    """One optimiser step of the weighted loss on one batch (``parts``: a collated batch per
+    kind); returns the total and each term's value."""
+    with accelerator.autocast():
+        loss, terms = combined_loss(weights, model, reference, parts)
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    optimizer.step()
+    return {"total": float(loss.detach()), **terms}
 
 
 def _build_batches(batch, forget, analogous, retain, rng, config, pad, device, *,
