@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("unlearnlm.report",),
     ("unlearnlm.demo",),
     # The public API (the package's lazy __init__) and the command line.
-    ("unlearnlm", "unlearnlm.cli"),
+    ("unlearnlm", "unlearnlm.cli", "unlearnlm.__main__"),
 ]
 
 # What any module may read from the package root without depending on the layers above.

@@ -70,13 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_unlearn(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     from unlearnlm.train.unlearn import unlearn
 
-    if args.resume:
-        record = unlearn(resume=args.resume)
+    record = (unlearn(resume=args.resume) if args.resume
+              else unlearn(settings_from_args(UnlearnConfig, args)))
+    if PartialState().is_main_process:  # under `accelerate launch`, one process reports
         _print_done(record)
-        return 0
-    _print_done(unlearn(settings_from_args(UnlearnConfig, args)))
     return 0
 
 

@@ -3,7 +3,10 @@
 Shapes: ``logits`` (B, T, V), ``input_ids`` and ``loss_mask`` (B, T). ``loss_mask[b, t] = 1``
 means token t of sample b is a target, predicted from tokens < t (position 0 is never a target).
 Every term averages over the target tokens of the batch (the Hugging Face convention); the paper
-writes sums, and Adam makes the two differ only in how terms of different lengths weigh.
+writes sums, and Adam makes the two differ only in how terms of different lengths weigh. When a
+batch is one process's share of a larger batch, ``total`` is the denominator of that mean (the
+whole batch's count of target tokens, or of rows, divided by the number of processes), so that the
+processes' terms average to the whole batch's term (``train.distributed``).
 
 A method is a weighted sum of named terms (``LOSS_TERMS``), each reading one kind of batch:
 ``forget`` (the active forget samples), ``analogous`` (their KNN partners), ``retain``,
@@ -27,23 +30,31 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tenso
     return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor,
+                 total: float | None = None) -> torch.Tensor:
     mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    denominator = mask.sum().clamp(min=1.0) if total is None else max(float(total), 1e-12)
+    return (values * mask).sum() / denominator
 
 
-def nll(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+def _row_mean(values: torch.Tensor, total: float | None = None) -> torch.Tensor:
+    return values.mean() if total is None else values.sum() / max(float(total), 1e-12)
+
+
+def nll(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor,
+        total: float | None = None) -> torch.Tensor:
     """Negative log-likelihood: -mean_t log P(x_t | x_<t) over target tokens."""
-    return -_masked_mean(token_logprobs(logits, input_ids), loss_mask[:, 1:])
+    return -_masked_mean(token_logprobs(logits, input_ids), loss_mask[:, 1:], total)
 
 
 def forget_ga(
-    logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor
+    logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor,
+    total: float | None = None,
 ) -> torch.Tensor:
     """Knowledge unlearning by gradient ascent (Jang et al. 2023, "Knowledge Unlearning for
     Mitigating Privacy Risks in Language Models"; ICU's L_fgt): +mean_t log P(x_t | x_<t).
     Minimising it lowers the likelihood of the forget text."""
-    return -nll(logits, input_ids, loss_mask)
+    return -nll(logits, input_ids, loss_mask, total)
 
 
 def sample_nll(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor,
@@ -59,7 +70,7 @@ def sample_nll(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.T
 
 def bounded_forget(
     logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor, floor: torch.Tensor,
-    cap: float | None = None,
+    cap: float | None = None, rows: float | None = None,
 ) -> torch.Tensor:
     """Gradient ascent that stops at a floor: mean_b max(0, floor_b - NLL_b), NLL_b the mean
     per-token NLL of row b's target tokens, each token counting at most ``cap`` nats.
@@ -74,18 +85,19 @@ def bounded_forget(
     back word for word; a token past the cap gives no more gradient, so the others must rise."""
     per_row = sample_nll(logits, input_ids, loss_mask, cap)  # (B,)
     floor = torch.as_tensor(floor, dtype=per_row.dtype, device=per_row.device)
-    return torch.relu(floor - per_row).mean()
+    return _row_mean(torch.relu(floor - per_row), rows)
 
 
 def kl_to_reference(
-    logits: torch.Tensor, reference_logits: torch.Tensor, loss_mask: torch.Tensor
+    logits: torch.Tensor, reference_logits: torch.Tensor, loss_mask: torch.Tensor,
+    total: float | None = None,
 ) -> torch.Tensor:
     """KL(P_theta0(.|x_<t) || P_theta(.|x_<t)) averaged over target positions (ICU's L_kl,
     Tang et al. 2024; also TOFU's KL baseline, Maini et al. 2024). theta0 is the frozen original."""
     logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
     ref_logp = F.log_softmax(reference_logits[:, :-1].float(), dim=-1)
     kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)  # (B, T-1)
-    return _masked_mean(kl, loss_mask[:, 1:])
+    return _masked_mean(kl, loss_mask[:, 1:], total)
 
 
 def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor,
@@ -100,12 +112,13 @@ def npo(
     input_ids: torch.Tensor,
     loss_mask: torch.Tensor,
     beta: float = 0.1,
+    rows: float | None = None,
 ) -> torch.Tensor:
     """Negative preference optimisation (Zhang et al. 2024):
     -(2/beta) * mean_b log sigmoid(-beta * (log P_theta(y_b) - log P_theta0(y_b)))."""
     policy = sequence_logprobs(logits, input_ids, loss_mask)  # (B,)
     reference = sequence_logprobs(reference_logits, input_ids, loss_mask)
-    return -(2.0 / beta) * F.logsigmoid(-beta * (policy - reference)).mean()
+    return -(2.0 / beta) * _row_mean(F.logsigmoid(-beta * (policy - reference)), rows)
 
 
 def dpo(
@@ -114,6 +127,7 @@ def dpo(
     input_ids: torch.Tensor,
     loss_mask: torch.Tensor,
     beta: float = 0.1,
+    rows: float | None = None,
 ) -> torch.Tensor:
     """Direct preference optimisation (Rafailov et al. 2023, "Direct Preference Optimization"),
     used for unlearning as in TOFU (Maini et al. 2024): the true answer is the rejected one.
@@ -126,7 +140,7 @@ def dpo(
     reference = sequence_logprobs(reference_logits, input_ids, loss_mask)
     ratio = policy - reference
     preferred, rejected = ratio.chunk(2)  # (B,), (B,)
-    return -F.logsigmoid(beta * (preferred - rejected)).mean()
+    return -_row_mean(F.logsigmoid(beta * (preferred - rejected)), rows)
 
 
 @dataclass(frozen=True)
@@ -238,14 +252,15 @@ def combined_loss(
 
 def _term_value(term: LossTerm, logits, ref_logits, batch) -> torch.Tensor:
     ids, mask = batch["input_ids"], batch["loss_mask"]
+    targets, rows = batch.get("targets_total"), batch.get("rows_total")
     if term.kind == "ga":
-        return forget_ga(logits, ids, mask)
+        return forget_ga(logits, ids, mask, targets)
     if term.kind == "nll":
-        return nll(logits, ids, mask)
+        return nll(logits, ids, mask, targets)
     if term.kind == "kl":
-        return kl_to_reference(logits, ref_logits, mask)
+        return kl_to_reference(logits, ref_logits, mask, targets)
     if term.kind == "dpo":
-        return dpo(logits, ref_logits, ids, mask)
+        return dpo(logits, ref_logits, ids, mask, rows=rows)
     if term.kind == "bounded":
-        return bounded_forget(logits, ids, mask, batch["floor"], batch.get("cap"))
-    return npo(logits, ref_logits, ids, mask)
+        return bounded_forget(logits, ids, mask, batch["floor"], batch.get("cap"), rows)
+    return npo(logits, ref_logits, ids, mask, rows=rows)

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +34,7 @@ from unlearnlm.lm.loading import train_last_layers
 from unlearnlm.lm.lora import AdapterOff, add_lora, is_adapted
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,11 +54,20 @@ class Prepared:
 
 
 def make_accelerator(mixed_precision: str = "no", cpu: bool = False):
-    """An ``Accelerator``; under ``accelerate launch`` it joins the launched processes and takes
-    the DeepSpeed or FSDP configuration from the launcher."""
+    """An ``Accelerator``; under ``accelerate launch`` (or ``torchrun``) it joins the launched
+    processes and takes the DeepSpeed or FSDP configuration from the launcher. Several processes
+    on a machine without a GPU run on the CPU and talk over gloo."""
     from accelerate import Accelerator
 
-    return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if several and not deepspeed and not torch.cuda.is_available():
+        cpu = True
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    if not several and os.environ.get("MASTER_ADDR") and "ACCELERATE_MIXED_PRECISION" in os.environ:
+        log.warning("accelerate launch was asked for several processes but started one (its "
+                    "launcher does so on a machine without GPUs): add --multi_gpu to start them")
+    return accelerator
 
 
 def shards_parameters(accelerator) -> bool:

@@ -46,7 +46,14 @@ from unlearnlm.train.checkpoint import (
     save_checkpoint,
     snapshot,
 )
-from unlearnlm.train.models import DTYPES, make_accelerator, per_process, prepare_training
+from unlearnlm.train.distributed import Split, mean_over_processes, shard_batches
+from unlearnlm.train.models import (
+    DTYPES,
+    make_accelerator,
+    per_process,
+    prepare_training,
+    shards_parameters,
+)
 from unlearnlm.train.scoring import (
     Thresholds,
     calibrate,
@@ -84,9 +91,11 @@ def unlearn(config: UnlearnConfig | None = None, *, resume: str | None = None,
         run.start()
     run.train()
     run.record["timings_s"] = {k: round(v, 3) for k, v in run.timings.items()}
-    save_model(run.accelerator.unwrap_model(run.model), run.tokenizer, run_dir.out,
-               {"run.json": run.record}, merge=config.merge)
-    remove_partial(config.out)
+    if run.accelerator.is_main_process:  # the one process that writes
+        save_model(run.unwrapped, run.tokenizer, run_dir.out, {"run.json": run.record},
+                   merge=config.merge)
+        remove_partial(config.out)
+    run.accelerator.wait_for_everyone()
     return run.record
 
 
@@ -97,6 +106,8 @@ def _setup(config: UnlearnConfig, run_dir: RunDir) -> _Run:
     clock = time.perf_counter()
     set_seed(config.seed)
     accelerator = make_accelerator(config.mixed_precision, config.cpu)
+    if not accelerator.is_main_process:  # one process speaks for all
+        logging.getLogger("unlearnlm").setLevel(logging.WARNING)
     method = METHODS[config.method]
     weights = {**method.weights, **config.loss_weights}
     records = _read_inputs(config)  # before the slow model load, so bad files fail fast
@@ -137,7 +148,9 @@ def _setup(config: UnlearnConfig, run_dir: RunDir) -> _Run:
         micro_batch=per_process(config.batch_size, accelerator.num_processes),
     )
     run.record["model"]["trainable_parameters"] = prepared.trainable_parameters
+    run.record["processes"] = accelerator.num_processes
     run.model, run.optimizer, run.reference = prepared.model, prepared.optimizer, prepared.reference
+    run.split = Split(accelerator, whole=shards_parameters(accelerator))
     run.active = [True] * len(run.forget)
     return run
 
@@ -165,16 +178,23 @@ class _Run:
     active: list = field(default_factory=list)
     record: dict = field(default_factory=dict)
     thresholds: Thresholds | None = None
+    split: Split | None = None  # how scoring work splits over processes
     timings: dict = field(default_factory=lambda: {"training": 0.0, "scoring": 0.0})
     epoch: int = 0
+
+    @property
+    def unwrapped(self):
+        """The model itself (not its DDP/DeepSpeed wrapper): what generates, scores and saves."""
+        return self.accelerator.unwrap_model(self.model)
 
     def start(self) -> None:
         """Calibrate, score the untouched model (epoch 0) and write the first checkpoint."""
         clock = time.perf_counter()
         self.thresholds = _cached_thresholds(
             self.config, self.record["model"].get("sha256"),
-            lambda: _thresholds(self.config, self.records, self.accelerator, self.model,
-                                self.tokenizer))
+            lambda: _thresholds(self.config, self.records, self.accelerator, self.unwrapped,
+                                self.tokenizer),
+            write=self.accelerator.is_main_process)
         self.record["thresholds"] = self.thresholds.as_dict()
         self.timings["calibration"] = time.perf_counter() - clock
         self.record["guard"] = {"events": [], "lr": self.config.learning_rate,
@@ -183,7 +203,7 @@ class _Run:
         self._checkpoint()
 
     def resume_from(self, checkpoint: dict) -> None:
-        load_trainable_state(self.model, checkpoint["params"])
+        load_trainable_state(self.unwrapped, checkpoint["params"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.record = checkpoint["record"]
         self.active = list(checkpoint["active"])
@@ -197,7 +217,7 @@ class _Run:
         config, guard = self.config, self.record["guard"]
         while "stopped" not in self.record and self.epoch < config.max_epochs:
             self.epoch += 1
-            good = snapshot(self.model, self.optimizer)
+            good = snapshot(self.unwrapped, self.optimizer)
             clock = time.perf_counter()
             losses = _train_epoch(self, self.epoch)
             self.timings["training"] += time.perf_counter() - clock
@@ -220,7 +240,7 @@ class _Run:
 
     def _roll_back(self, good: dict, problem: str) -> None:
         guard = self.record["guard"]
-        restore(self.model, self.optimizer, good)
+        restore(self.unwrapped, self.optimizer, good)
         events = guard["events"]
         new_lr = guard["lr"] * self.config.guard_lr_factor
         action = "stop" if len(events) >= self.config.guard_max_rollbacks else "lower lr"
@@ -244,8 +264,8 @@ class _Run:
         clock = time.perf_counter()
         with self.accelerator.autocast():
             score = (_score_epoch_at_cuts if self.method.split == "opening" else _score_epoch)
-            entry = score(epoch, self.model, self.tokenizer, self.forget, self.active,
-                          self.thresholds, self.config, losses, drop=drop)
+            entry = score(epoch, self.unwrapped, self.tokenizer, self.forget, self.active,
+                          self.thresholds, self.config, losses, drop=drop, split=self.split)
         self.timings["scoring"] += time.perf_counter() - clock
         self.record["epochs"].append(entry)
         self.record["dropped_order"].extend(entry["dropped"])
@@ -256,14 +276,16 @@ class _Run:
         if not self.probe or self.config.guard_ppl_factor is None:
             return None
         with torch.no_grad(), self.accelerator.autocast():
-            return float(perplexity(self.model, self.probe))
+            return float(perplexity(self.unwrapped, self.probe))
 
     def _checkpoint(self) -> None:
         clock = time.perf_counter()
         self.record["timings_s"] = {k: round(v, 3) for k, v in self.timings.items()}
         state = {"epoch": self.epoch, "active": self.active, "record": self.record,
                  "torch_rng": torch.get_rng_state()}
-        save_checkpoint(self.config.out, self.model, self.optimizer, state)
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.config.out, self.unwrapped, self.optimizer, state)
+        self.accelerator.wait_for_everyone()
         self.timings["checkpoint"] = self.timings.get("checkpoint", 0.0) + (
             time.perf_counter() - clock)
 
@@ -446,9 +468,10 @@ CALIBRATION_KEYS = ("prefix_tokens", "suffix_tokens", "decoding", "num_beams", "
                     "opening_tokens", "probe_cuts", "probe_tokens", "probe_n")
 
 
-def _cached_thresholds(config, model_hash: str | None, compute) -> Thresholds:
+def _cached_thresholds(config, model_hash: str | None, compute, write: bool = True) -> Thresholds:
     """``compute()``, or the thresholds in ``config.calibration_cache`` when they were made for
-    the same weights, calibration texts and scoring settings; a fresh result is written there."""
+    the same weights, calibration texts and scoring settings; a fresh result is written there
+    (when ``write``: by one process only)."""
     if not (config.calibration_cache and config.calibrate_on and model_hash):
         return compute()
     key = {"model_sha256": model_hash, "calibration_sha256": file_sha256(config.calibrate_on),
@@ -463,7 +486,8 @@ def _cached_thresholds(config, model_hash: str | None, compute) -> Thresholds:
         log.info("Reusing the calibrated thresholds in %s", cache)
         return Thresholds(**stored["thresholds"])
     thresholds = compute()
-    write_json(cache, {"key": key, "thresholds": thresholds.as_dict()})
+    if write:
+        write_json(cache, {"key": key, "thresholds": thresholds.as_dict()})
     return thresholds
 
 
@@ -511,7 +535,8 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
     rng.shuffle(order)
     sums: dict[str, float] = {}
     batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-    for batch in tqdm(batches, desc=f"epoch {epoch}", leave=False, unit="step"):
+    quiet = not accelerator.is_main_process
+    for batch in tqdm(batches, desc=f"epoch {epoch}", leave=False, unit="step", disable=quiet):
         parts = _build_batches(batch, run.forget, run.analogous, run.retain, rng, config,
                                run.tokenizer.pad_token_id, accelerator.device,
                                mismatch=run.mismatch, preferred=run.preferred,
@@ -526,14 +551,18 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
 
 def unlearning_step(weights: dict[str, float], model, reference, optimizer, accelerator,
                     parts: dict[str, dict]) -> dict[str, float]:
-    """One optimiser step of the weighted loss on one batch (``parts``: a collated batch per
-    kind); returns the total and each term's value."""
+    """One optimiser step of the weighted loss on one global batch (``parts``: a collated batch
+    per kind); with several processes each takes its share of the rows
+    (``train.distributed``). Returns the total and each term's value over the global batch."""
+    share, empty = shard_batches(parts, accelerator.process_index, accelerator.num_processes)
     with accelerator.autocast():
-        loss, terms = combined_loss(weights, model, reference, parts)
+        loss, terms = combined_loss(weights, model, reference, share)
+    if empty:  # nothing of this batch is ours: join the gradient all-reduce with zeros
+        loss, terms = loss * 0.0, dict.fromkeys(terms, 0.0)
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
     optimizer.step()
-    return {"total": float(loss.detach()), **terms}
+    return mean_over_processes({"total": float(loss.detach()), **terms}, accelerator)
 
 
 def _build_batches(batch, forget, analogous, retain, rng, config, pad, device, *,
@@ -589,18 +618,23 @@ def completion_batch(samples: list[Sample], completions: list[list[int]], rng, p
 
 
 def _score_epoch(
-    epoch, model, tokenizer, forget, active, thresholds, config, losses, drop: bool
+    epoch, model, tokenizer, forget, active, thresholds, config, losses, drop: bool,
+    split: Split,
 ) -> dict:
-    """Score the active samples, drop the forgotten ones (when ``drop``), and summarise."""
+    """Score the active samples, drop the forgotten ones (when ``drop``), and summarise. The
+    scoring is shared out over the processes by ``split`` and gathered back."""
     model.eval()
     indices = [i for i, a in enumerate(active) if a]
+    pad = tokenizer.pad_token_id
     with torch.no_grad():
-        gen = generation_scores(model, tokenizer, [forget[i] for i in indices], config)
-        mem = memorisation_scores(model, forget, tokenizer.pad_token_id, config.el_n, False)
+        gen = split.map(lambda part: generation_scores(model, tokenizer, part, config),
+                        [forget[i] for i in indices])
+        mem = {"ma": split.map(lambda part: memorisation_scores(
+            model, part, pad, config.el_n, False)["ma"], forget), "el": [None] * len(forget)}
         mean_ma = sum(mem["ma"]) / len(forget)
         # EL is the costly metric; the stop test needs it only once MA is under its threshold
         if config.el_every_epoch or (config.stop_on_el and thresholds.under(mean_ma, "ma")):
-            mem["el"] = el_scores(model, forget, tokenizer.pad_token_id, config.el_n)
+            mem["el"] = split.map(lambda part: el_scores(model, part, pad, config.el_n), forget)
     by_index = dict(zip(indices, gen))
     samples, dropped = [], []
     for i, sample in enumerate(forget):
@@ -626,16 +660,20 @@ def _score_epoch(
 
 
 def _score_epoch_at_cuts(
-    epoch, model, tokenizer, forget, active, thresholds, config, losses, drop: bool
+    epoch, model, tokenizer, forget, active, thresholds, config, losses, drop: bool,
+    split: Split,
 ) -> dict:
     """The cut-point version of ``_score_epoch``: continuations from several cuts and the true
     continuation's NLL for the active samples, MA for all; drop the forgotten ones."""
     model.eval()
     indices = [i for i, a in enumerate(active) if a]
+    pad = tokenizer.pad_token_id
     with torch.no_grad():
-        probe = dict(zip(indices, cut_probe_scores(model, tokenizer,
-                                                   [forget[i] for i in indices], config)))
-        ma = memorisation_scores(model, forget, tokenizer.pad_token_id, config.el_n, False)["ma"]
+        probe = dict(zip(indices, split.map(
+            lambda part: cut_probe_scores(model, tokenizer, part, config),
+            [forget[i] for i in indices])))
+        ma = split.map(lambda part: memorisation_scores(model, part, pad, config.el_n,
+                                                        False)["ma"], forget)
     samples, dropped = [], []
     for i, sample in enumerate(forget):
         entry = {"id": sample.id, "ma": ma[i], "el": None}
