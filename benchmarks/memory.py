@@ -4,6 +4,9 @@ the bytes per parameter held by weights, gradients, optimiser state and the refe
 Usage: .venv/bin/python benchmarks/memory.py [--model smollm2-135m] [--modes full,lora]
        [--batch 8] [--tokens 100] [--steps 2] [--json OUT.json]
 
+``--model random-small`` builds a 4-block Llama with random weights (about 5M parameters) for the
+modes that are too slow on a CPU with the real model (bfloat16 weights here, for one).
+
 Each mode runs in a fresh process (so that its peak is its own): the model is loaded and prepared
 by ``unlearnlm.train.models.prepare_training``, exactly as ``unlearnlm unlearn`` does, then takes
 ``--steps`` ICU steps (forget batch + analogous batch, the KL term reading the reference, Adam)
@@ -14,7 +17,8 @@ on random tokens. Modes:
   lora        LoRA rank 8 on peft's default modules; the reference is the adapter switched off
   full-ckpt   full, with gradient checkpointing
   lora-ckpt   lora, with gradient checkpointing
-  lora-bf16   lora on bfloat16 weights (slow on CPUs without bf16 instructions)
+  full-bf16   full on bfloat16 weights (--dtype bfloat16; slow on CPUs without bf16 support)
+  lora-bf16   lora on bfloat16 weights
 
 Printed per mode: peak RSS of the process, its growth over the loaded-but-idle process, and the
 counted bytes per parameter (weights, gradients, optimiser state, reference's own tensors).
@@ -27,6 +31,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 MODES = {
@@ -35,6 +40,7 @@ MODES = {
     "lora": {"lora_rank": 8},
     "full-ckpt": {"gradient_checkpointing": True},
     "lora-ckpt": {"lora_rank": 8, "gradient_checkpointing": True},
+    "full-bf16": {"dtype": "bfloat16"},
     "lora-bf16": {"lora_rank": 8, "dtype": "bfloat16"},
 }
 ICU = {"forget_ga": 1.0, "analogous_nll": 0.5, "analogous_kl": 1.0}
@@ -85,6 +91,25 @@ def measure(mode: str, model_spec: str, batch: int, tokens: int, steps: int) -> 
     }
 
 
+def random_small(folder: str) -> str:
+    """A 4-block Llama with random weights and a 4096-token vocabulary, saved in ``folder``."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=688,
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                         tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    vocab = {f"t{i}": i for i in range(4096)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="t1",
+                            pad_token="t1").save_pretrained(folder)
+    return folder
+
+
 def _child(mode: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--model", args.model, "--batch",
            str(args.batch), "--tokens", str(args.tokens), "--steps", str(args.steps)]
@@ -121,8 +146,12 @@ def main() -> None:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise SystemExit(f"unknown mode(s) {', '.join(unknown)}; known: {', '.join(MODES)}")
-    results = [_child(mode, args) for mode in modes]
-    print(f"{args.model}: {results[0]['parameters']:,} parameters, ICU step on {args.batch} x "
+    name = args.model
+    with tempfile.TemporaryDirectory() as folder:
+        if args.model == "random-small":
+            args.model = random_small(folder)
+        results = [_child(mode, args) for mode in modes]
+    print(f"{name}: {results[0]['parameters']:,} parameters, ICU step on {args.batch} x "
           f"{args.tokens} tokens (forget + analogous batch), Adam")
     print("| mode | trainable | peak RSS GiB | growth GiB | weights B/p | grads B/p | "
           "Adam B/p | reference B/p | state B/p | s/step |")

@@ -38,7 +38,7 @@ from unlearnlm.metrics.scores import suffix_memorization_accuracy
 from unlearnlm.paths import cache_root
 from unlearnlm.rundir import RunDir, environment_versions
 from unlearnlm.settings import FinetuneSettings
-from unlearnlm.train.models import DTYPES, make_accelerator, prepare_training
+from unlearnlm.train.models import DTYPES, full_state_dict, make_accelerator, prepare_training
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,11 @@ def finetune(
     reached = record["suffix_accuracy"]
     record["memorised"] = s.target_accuracy is not None and reached >= s.target_accuracy
     record["seconds"] = round(time.perf_counter() - start, 1)
-    save_model(prepared.unwrapped, tokenizer, run_dir.out, {"finetune.json": record},
-               merge=s.merge)
+    gathered = full_state_dict(prepared.model, accelerator)  # every process takes part
+    if accelerator.is_main_process:  # under several processes, one writes
+        save_model(prepared.unwrapped, tokenizer, run_dir.out, {"finetune.json": record},
+                   merge=s.merge, state_dict=gathered)
+    accelerator.wait_for_everyone()
     return record
 
 

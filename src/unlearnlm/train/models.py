@@ -64,10 +64,22 @@ def make_accelerator(mixed_precision: str = "no", cpu: bool = False):
     if several and not deepspeed and not torch.cuda.is_available():
         cpu = True
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    _load_models_whole()
     if not several and os.environ.get("MASTER_ADDR") and "ACCELERATE_MIXED_PRECISION" in os.environ:
         log.warning("accelerate launch was asked for several processes but started one (its "
                     "launcher does so on a machine without GPUs): add --multi_gpu to start them")
     return accelerator
+
+
+def _load_models_whole() -> None:
+    """Under ZeRO-3 accelerate tells transformers to shard every model it loads from then on;
+    undo that, so that the policy, the reference and the drop test's scorer and embedder load
+    whole. DeepSpeed shards the policy when ``accelerator.prepare`` hands it over; a sharded
+    helper model could not run outside the DeepSpeed engine."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    if hf_deepspeed.is_deepspeed_zero3_enabled():
+        hf_deepspeed.unset_hf_deepspeed_config()
 
 
 def shards_parameters(accelerator) -> bool:
@@ -79,6 +91,20 @@ def shards_parameters(accelerator) -> bool:
         return True
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     return kind == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
+
+
+def shards_optimizer(accelerator) -> bool:
+    """Whether the optimiser state is split over processes (DeepSpeed, FSDP): then no process
+    holds a state it could checkpoint or roll back to on its own."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+
+
+def full_state_dict(prepared_model, accelerator) -> dict | None:
+    """The whole weights gathered from every process when they are sharded (call it on every
+    process); None when each process holds them whole."""
+    return accelerator.get_state_dict(prepared_model) if shards_parameters(accelerator) else None
 
 
 def prepare_training(
@@ -127,11 +153,14 @@ def frozen_copy(model: torch.nn.Module, share: bool = True) -> torch.nn.Module:
 
 def _fill_deepspeed_batch(accelerator, micro_batch: int) -> None:
     """DeepSpeed wants the rows per process and step; with no data loader to read it from,
-    accelerate leaves "auto" in place unless we give it."""
+    accelerate leaves "auto" in place unless we give it. Gradient clipping left to "auto" would
+    become 1.0; the loop clips nothing without DeepSpeed, so it clips nothing with it either."""
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is None:
         return
     config = plugin.deepspeed_config
+    if config.get("gradient_clipping", "auto") == "auto":
+        config["gradient_clipping"] = 0.0
     if config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
         config["train_micro_batch_size_per_gpu"] = micro_batch
     if config.get("train_batch_size", "auto") == "auto":

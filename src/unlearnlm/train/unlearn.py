@@ -49,9 +49,11 @@ from unlearnlm.train.checkpoint import (
 from unlearnlm.train.distributed import Split, mean_over_processes, shard_batches
 from unlearnlm.train.models import (
     DTYPES,
+    full_state_dict,
     make_accelerator,
     per_process,
     prepare_training,
+    shards_optimizer,
     shards_parameters,
 )
 from unlearnlm.train.scoring import (
@@ -91,9 +93,10 @@ def unlearn(config: UnlearnConfig | None = None, *, resume: str | None = None,
         run.start()
     run.train()
     run.record["timings_s"] = {k: round(v, 3) for k, v in run.timings.items()}
+    gathered = full_state_dict(run.model, run.accelerator)  # every process takes part
     if run.accelerator.is_main_process:  # the one process that writes
         save_model(run.unwrapped, run.tokenizer, run_dir.out, {"run.json": run.record},
-                   merge=config.merge)
+                   merge=config.merge, state_dict=gathered)
         remove_partial(config.out)
     run.accelerator.wait_for_everyone()
     return run.record
@@ -108,6 +111,7 @@ def _setup(config: UnlearnConfig, run_dir: RunDir) -> _Run:
     accelerator = make_accelerator(config.mixed_precision, config.cpu)
     if not accelerator.is_main_process:  # one process speaks for all
         logging.getLogger("unlearnlm").setLevel(logging.WARNING)
+    _check_sharding(config, accelerator)
     method = METHODS[config.method]
     weights = {**method.weights, **config.loss_weights}
     records = _read_inputs(config)  # before the slow model load, so bad files fail fast
@@ -153,6 +157,17 @@ def _setup(config: UnlearnConfig, run_dir: RunDir) -> _Run:
     run.split = Split(accelerator, whole=shards_parameters(accelerator))
     run.active = [True] * len(run.forget)
     return run
+
+
+def _check_sharding(config: UnlearnConfig, accelerator) -> None:
+    """What DeepSpeed and FSDP cannot do here, said before any work."""
+    if config.merge and config.lora_rank is not None and shards_parameters(accelerator):
+        raise UnlearnError("under ZeRO-3 or FSDP a LoRA run saves its adapter: leave out --merge "
+                           "and load the adapter folder with --model (it merges on load)")
+    if shards_optimizer(accelerator):
+        log.warning("DeepSpeed/FSDP shard the optimiser state: no per-epoch checkpoint is written "
+                    "(--resume cannot continue this run) and the collapse guard stops the run "
+                    "instead of rolling an epoch back")
 
 
 @dataclass
@@ -215,9 +230,10 @@ class _Run:
     def train(self) -> None:
         """Epochs until a stop rule fires; the collapse guard may roll an epoch back."""
         config, guard = self.config, self.record["guard"]
+        sharded = shards_optimizer(self.accelerator)
         while "stopped" not in self.record and self.epoch < config.max_epochs:
             self.epoch += 1
-            good = snapshot(self.unwrapped, self.optimizer)
+            good = None if sharded else snapshot(self.unwrapped, self.optimizer)
             clock = time.perf_counter()
             losses = _train_epoch(self, self.epoch)
             self.timings["training"] += time.perf_counter() - clock
@@ -238,7 +254,11 @@ class _Run:
             "stopped", {"epoch": self.epoch, "reason": "max_epochs reached"}
         )
 
-    def _roll_back(self, good: dict, problem: str) -> None:
+    def _roll_back(self, good: dict | None, problem: str) -> None:
+        if good is None:
+            raise UnlearnError(
+                f"collapse guard, epoch {self.epoch}: {problem}; under DeepSpeed/FSDP the last "
+                "good weights are not kept, so nothing was written: run again with a lower --lr")
         guard = self.record["guard"]
         restore(self.unwrapped, self.optimizer, good)
         events = guard["events"]
@@ -283,7 +303,7 @@ class _Run:
         self.record["timings_s"] = {k: round(v, 3) for k, v in self.timings.items()}
         state = {"epoch": self.epoch, "active": self.active, "record": self.record,
                  "torch_rng": torch.get_rng_state()}
-        if self.accelerator.is_main_process:
+        if self.accelerator.is_main_process and not shards_optimizer(self.accelerator):
             save_checkpoint(self.config.out, self.unwrapped, self.optimizer, state)
         self.accelerator.wait_for_everyone()
         self.timings["checkpoint"] = self.timings.get("checkpoint", 0.0) + (
