@@ -155,21 +155,22 @@ def test_merged_save_is_base_plus_scaled_adapter_and_reloads(
 def test_finetune_with_lora_on_named_modules_from_the_command_line(
     tiny_llama_dir, record_files, tmp_path
 ):
-    """`unlearnlm finetune --lora-rank 2 --lora-target-modules o_proj --merge`: only o_proj
-    weights differ from the base model in the merged output."""
+    """`unlearnlm finetune --lora-rank 2 --lora-target-modules o_proj,down_proj --merge`: only
+    those weights differ from the base model in the merged output."""
     out = tmp_path / "ft"
     code = main(["-q", "finetune", "--model", str(tiny_llama_dir), "--data",
                  str(record_files["forget"]), "--out", str(out), "--max-epochs", "2",
                  "--lr", "1e-2", "--prefix-tokens", "4", "--suffix-tokens", "all",
                  "--target-accuracy", "null", "--lora-rank", "2", "--lora-target-modules",
-                 "o_proj", "--merge"])
+                 "o_proj,down_proj", "--merge"])
     assert code == 0
     merged = load_file(str(out / "model.safetensors"))
     base = load_file(str(tiny_llama_dir / "model.safetensors"))
     changed = {k for k in base if not torch.equal(base[k], merged[k])}
-    assert changed == {f"model.layers.{i}.self_attn.o_proj.weight" for i in (0, 1)}
+    assert changed == {f"model.layers.{i}.{m}.weight" for i in (0, 1)
+                       for m in ("self_attn.o_proj", "mlp.down_proj")}
     record = json.loads((out / "finetune.json").read_text())
-    assert record["settings"]["lora_target_modules"] == ["o_proj"]
+    assert record["settings"]["lora_target_modules"] == ["o_proj", "down_proj"]
 
 
 def test_finetune_kl_reference_with_lora_is_the_adapter_switched_off(

@@ -125,9 +125,6 @@ def _typed(name: str, kind: str, value: Any) -> Any:
             raise UnlearnError(f"{name} must be a number, got {value!r} (YAML reads 5e-6 as "
                                "text: write 5.0e-6)")
         return float(value)
-    elif kind == "list[str]":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise UnlearnError(f"{name} must be a list of names, got {value!r}")
     elif kind == "str":
         if isinstance(value, os.PathLike):
             return os.fspath(value)
@@ -165,8 +162,8 @@ _SHARED: dict[str, tuple[Any, str, dict[str, Any]]] = {
                   "weights", {"positive": True}),
     "lora_alpha": (16.0, "LoRA scale: the adapters add (alpha / rank) B A to each weight",
                    {"positive": True}),
-    "lora_target_modules": ([], "modules to adapt, e.g. q_proj v_proj; empty: peft's defaults "
-                            "for the architecture", {}),
+    "lora_target_modules": ([], "modules to adapt, a comma list such as q_proj,v_proj; empty: "
+                            "peft's defaults for the architecture", {}),
     "merge": (False, "with --lora-rank: save the model with the adapter merged in (a plain "
               "model); off: save the adapter alone, which --model reads back on its base (runs "
               "without LoRA always save a plain model)", {}),
@@ -369,8 +366,15 @@ class FinetuneSettings(Settings):
         check_what_trains(self)
 
 
+def name_list(value: str | list[str]) -> list[str]:
+    """A comma list ("a,b") or a list of names as a list of names, blanks and repeats dropped."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return list(dict.fromkeys(str(item).strip() for item in items if str(item).strip()))
+
+
 def check_what_trains(s: UnlearnConfig | FinetuneSettings) -> None:
     """LoRA adapters or the last blocks train, not both; the adapted modules need LoRA."""
+    s.lora_target_modules = name_list(s.lora_target_modules)
     if s.lora_rank is not None and s.trainable_layers is not None:
         raise UnlearnError("give either --lora-rank (adapters train) or --trainable-layers (the "
                            "last blocks train), not both")
@@ -401,8 +405,6 @@ def _flag_kind(f: dataclasses.Field) -> dict[str, Any]:
         return {"action": "append", "type": _key_value, "metavar": "KEY=VALUE"}
     if kind.startswith("list[float]"):
         return {"nargs": "+", "type": float, "metavar": "X"}
-    if kind.startswith("list[str]"):
-        return {"nargs": "+", "metavar": "NAME"}
     scalar = kind.split("|")[0].strip()
     if scalar in ("int", "float"):
         number = int if scalar == "int" else float

@@ -38,7 +38,7 @@ from unlearnlm.data.texts import Record, read_records, texts_sha256
 from unlearnlm.errors import UnlearnError
 from unlearnlm.methods.losses import METHODS
 from unlearnlm.rundir import write_text_atomic
-from unlearnlm.settings import Settings, setting, shared
+from unlearnlm.settings import Settings, name_list, setting, shared
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +127,12 @@ class BenchSettings(Settings):
     def check(self) -> None:
         from unlearnlm.evaluate.suite import resolve_tasks
 
-        self.methods = _names(self.methods)
+        self.methods = name_list(self.methods)
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             problem = f"unknown method '{unknown[0]}'" if unknown else "no method given"
             raise UnlearnError(f"{problem}; known methods: {', '.join(METHODS)}")
-        self.tasks = _names(self.tasks)
+        self.tasks = name_list(self.tasks)
         resolve_tasks(self.tasks)
         for method in self.methods:  # the loop's own checks, before any work
             self.unlearn_settings(method)
@@ -149,11 +149,6 @@ class BenchSettings(Settings):
             prefix_tokens=self.prefix_tokens, suffix_tokens=self.suffix_tokens,
             el_every_epoch=self.el_every_epoch, guard_ppl_factor=self.guard_ppl_factor,
             overwrite=True)
-
-
-def _names(value: str | list[str]) -> list[str]:
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return list(dict.fromkeys(item.strip() for item in items if item.strip()))
 
 
 # --- step 1: data ------------------------------------------------------------------------------
