@@ -136,7 +136,7 @@ def test_two_processes_give_the_one_process_result(one_process, leaky_llama_dir,
 
 def _kill_with_workers(proc: subprocess.Popen) -> None:
     """SIGKILL the launcher and the worker processes it started (torch's launcher puts each
-    worker in a session of its own, so they are found by parentage)."""
+    worker in a process group of its own, so they are found by parentage)."""
     import psutil
 
     try:

@@ -75,7 +75,7 @@ def _load_models_whole() -> None:
     """Under ZeRO-3 accelerate tells transformers to shard every model it loads from then on;
     undo that, so that the policy, the reference and the drop test's scorer and embedder load
     whole. DeepSpeed shards the policy when ``accelerator.prepare`` hands it over; a sharded
-    helper model could not run outside the DeepSpeed engine."""
+    scorer or embedder could not run outside the DeepSpeed engine."""
     from transformers.integrations import deepspeed as hf_deepspeed
 
     if hf_deepspeed.is_deepspeed_zero3_enabled():
