@@ -11,7 +11,7 @@ import torch
 from conftest import CALIBRATION_RECORDS, FORGET_RECORDS, POOL_RECORDS, write_jsonl
 from unlearnlm.data.texts import Record, Sample, split_after_opening
 from unlearnlm.errors import UnlearnError
-from unlearnlm.methods.losses import bounded_forget, sample_nll
+from unlearnlm.methods.losses import bounded_forget, sample_nll, token_bounded_forget
 from unlearnlm.train.scoring import Thresholds, cut_points, is_forgotten_at_cuts
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -140,3 +140,29 @@ def test_bounded_forget_caps_each_token():
     loss.backward()
     assert torch.count_nonzero(logits.grad[0, 1]) == 0  # the capped token (t=2)
     assert torch.count_nonzero(logits.grad[0, 0]) > 0
+
+
+def test_token_bounded_forget_by_hand_stops_each_token_at_the_floor():
+    """Row 0 targets P = 0.5 (NLL ln 2 = 0.6931) and P = 0.25 (ln 4 = 1.3863); row 1 one target
+    with P = 0.8 (0.2231). Floor 1.0: the tokens contribute 0.3069, 0 and 0.7769, and the loss
+    is their mean over the 3 targets, 0.3613. The token already past the floor gets no gradient
+    even though its row's mean NLL (1.0397) is barely above it, and a descent step raises the
+    NLL of each token below the floor."""
+    ids = torch.tensor([[0, 1, 2], [0, 1, 2]])
+    logits = torch.cat([
+        _logits_for([[0.5, 0.5, 1e-9], [0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]]),
+        _logits_for([[0.2, 0.4, 0.4], [0.1, 0.1, 0.8], [1 / 3, 1 / 3, 1 / 3]]),
+    ]).requires_grad_(True)
+    mask = torch.tensor([[0, 1, 1], [0, 0, 1]])
+    loss = token_bounded_forget(logits, ids, mask, 1.0)
+    expected = ((1.0 - math.log(2)) + 0.0 + (1.0 + math.log(0.8))) / 3
+    assert float(loss.detach()) == pytest.approx(expected, abs=1e-5)
+    loss.backward()
+    assert torch.count_nonzero(logits.grad[0, 1]) == 0  # ln 4 > 1.0: this token is done
+    assert torch.count_nonzero(logits.grad[0, 0]) > 0 and torch.count_nonzero(logits.grad[1, 1]) > 0
+    stepped = (logits - 0.1 * logits.grad).detach()
+    before = -torch.log_softmax(logits.detach(), -1)
+    after = -torch.log_softmax(stepped, -1)
+    assert after[0, 0, 1] > before[0, 0, 1] and after[1, 1, 2] > before[1, 1, 2]
+    per_row = token_bounded_forget(logits.detach(), ids, mask, torch.tensor([0.5, 1.0]))
+    assert float(per_row) == pytest.approx((0.0 + 0.0 + (1.0 + math.log(0.8))) / 3, abs=1e-5)

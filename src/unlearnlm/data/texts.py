@@ -480,3 +480,13 @@ def texts_sha256(texts: list[str]) -> str:
         digest.update(len(data).to_bytes(8, "big"))
         digest.update(data)
     return digest.hexdigest()
+
+
+def distinct_positions(tokens: list[int], partner: list[int]) -> list[bool]:
+    """Per position t of ``tokens``: whether its bigram (x_{t-1}, x_t) is absent from
+    ``partner`` (position 0, which has no bigram, counts as not distinct). With the partner a
+    similar text (a look-alike record, a neighbouring document), the distinct positions are what
+    tells the text apart; the shared ones are wording the two have in common (a form's field
+    names, common phrases)."""
+    shared = set(zip(partner, partner[1:]))
+    return [False] + [(a, b) not in shared for a, b in zip(tokens, tokens[1:])]

@@ -88,6 +88,29 @@ def bounded_forget(
     return _row_mean(torch.relu(floor - per_row), rows)
 
 
+def token_bounded_forget(
+    logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor, floor: torch.Tensor,
+    total: float | None = None,
+) -> torch.Tensor:
+    """Gradient ascent bounded token by token: the mean over target tokens of
+    max(0, floor - NLL_t), NLL_t = -log P(x_t | x_<t).
+
+    ``bounded_forget`` stops a whole text once its mean NLL reaches the floor, and a mean can get
+    there through two or three tokens pushed to absurd values while the tokens after them, given
+    the true text so far, still come back word for word. Here every token stops on its own as
+    soon as it is as unlikely as the floor, and until then it pulls with the same weight as the
+    others: the push spreads over the whole text and ends nowhere beyond "never seen". The
+    bound is the one of ``bounded_forget`` (set from never-seen texts, the yardstick of Jang et
+    al. 2023's stop thresholds) applied per token, in the spirit of the token-level unlikelihood
+    of Welleck et al. (2020) with a hinge that keeps it finite. ``floor``: a scalar or (B,);
+    ``total``: the target count of the global batch when it is split over processes."""
+    per_token = -token_logprobs(logits, input_ids)  # (B, T-1)
+    floor = torch.as_tensor(floor, dtype=per_token.dtype, device=per_token.device)
+    if floor.dim() == 1:
+        floor = floor[:, None]
+    return _masked_mean(torch.relu(floor - per_token), loss_mask[:, 1:], total)
+
+
 def kl_to_reference(
     logits: torch.Tensor, reference_logits: torch.Tensor, loss_mask: torch.Tensor,
     total: float | None = None,
@@ -148,7 +171,7 @@ class LossTerm:
     """A named term: which batch it reads and which pure function scores it."""
 
     batch: str  # "forget" | "analogous" | "retain" | "mismatch" | "preference" | "relabel"
-    kind: str  # "ga" | "nll" | "kl" | "npo" | "dpo" | "bounded"
+    kind: str  # "ga" | "nll" | "kl" | "npo" | "dpo" | "bounded" | "token_bounded"
 
     @property
     def needs_reference(self) -> bool:
@@ -168,6 +191,8 @@ LOSS_TERMS: dict[str, LossTerm] = {
     "forget_dpo": LossTerm("preference", "dpo"),
     # gradient ascent that stops at the never-seen texts' NLL (see ``bounded_forget``)
     "forget_bounded": LossTerm("forget", "bounded"),
+    # the same bound applied to each token on its own (see ``token_bounded_forget``)
+    "forget_token_bounded": LossTerm("forget", "token_bounded"),
     # relabelling: the forget text's opening followed by its nearest analogous text's body, so
     # the probability taken from the true body has a plausible alternative to go to
     "relabel_nll": LossTerm("relabel", "nll"),
@@ -263,4 +288,7 @@ def _term_value(term: LossTerm, logits, ref_logits, batch) -> torch.Tensor:
         return dpo(logits, ref_logits, ids, mask, rows=rows)
     if term.kind == "bounded":
         return bounded_forget(logits, ids, mask, batch["floor"], batch.get("cap"), rows)
+    if term.kind == "token_bounded":
+        return token_bounded_forget(logits, ids, mask, batch.get("token_floor", batch["floor"]),
+                                    targets)
     return npo(logits, ref_logits, ids, mask, rows=rows)

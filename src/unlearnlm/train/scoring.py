@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from unlearnlm.data.texts import Sample
+from unlearnlm.data.texts import Sample, distinct_positions
 from unlearnlm.lm.interface import as_lm
 from unlearnlm.metrics.scores import (
     bertscore_f1,
@@ -48,6 +48,9 @@ class Thresholds:
     extraction: float | None = None
     nll_floor: float | None = None
     nll_cap: float | None = None
+    # the per-token bound of ``forget_token_bounded`` with distinct targets: the median over
+    # never-seen texts of the mean NLL of their distinct tokens (see ``calibrate_cuts``)
+    token_floor: float | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -60,6 +63,7 @@ class Thresholds:
             "extraction": self.extraction,
             "nll_floor": self.nll_floor,
             "nll_cap": self.nll_cap,
+            "token_floor": self.token_floor,
         }
 
     def under(self, value: float, name: str) -> bool:
@@ -158,17 +162,31 @@ def is_forgotten_at_cuts(scores: dict, thresholds: Thresholds) -> bool:
             and scores["nll"] >= thresholds.nll_floor)
 
 
-def calibrate_cuts(model, tokenizer, samples: list[Sample], config, path: str) -> Thresholds:
+def calibrate_cuts(model, tokenizer, samples: list[Sample], config, path: str,
+                   partners: list[list[int]] | None = None) -> Thresholds:
     """Thresholds of the cut-point test from never-seen texts: the ``calibration_quantile`` of
     their largest cut overlap, and the median of their continuation NLL as the floor; and the
     cap of the bounded ascent: the 90th percentile of their single tokens' NLL (no token of a
-    forgotten text needs to be less likely than the rarest tenth of a stranger's tokens)."""
+    forgotten text needs to be less likely than the rarest tenth of a stranger's tokens).
+
+    With ``partners`` (one similar text per sample, token ids), also the per-token floor: the
+    median over samples of the mean NLL of the tokens that tell a sample apart from its partner
+    (``data.texts.distinct_positions``), i.e. how unlikely a stranger's own details are."""
     q = config.calibration_quantile
     with torch.no_grad():
         scores = cut_probe_scores(model, tokenizer, samples, config)
         tokens = as_lm(model, tokenizer).targets([s.input_ids for s in samples],
                                                  [len(s.prefix_ids) for s in samples])
     token_nll = [-v for row in tokens for v in row.logprobs]
+    token_floor = None
+    if partners is not None:
+        means = []
+        for sample, row, partner in zip(samples, tokens, partners, strict=True):
+            distinct = distinct_positions(sample.input_ids, partner)[len(sample.prefix_ids):]
+            chosen = [-v for v, keep in zip(row.logprobs, distinct, strict=True) if keep]
+            if chosen:
+                means.append(sum(chosen) / len(chosen))
+        token_floor = float(np.median(means)) if means else None
     return Thresholds(
         bleu=config.bleu_threshold, bertscore=config.bertscore_threshold,
         el=config.el_threshold, ma=config.ma_threshold,
@@ -178,6 +196,7 @@ def calibrate_cuts(model, tokenizer, samples: list[Sample], config, path: str) -
         extraction=float(np.quantile([s["extraction"] for s in scores], q)),
         nll_floor=float(np.median([s["nll"] for s in scores])),
         nll_cap=float(np.quantile(token_nll, 0.9)),
+        token_floor=token_floor,
     )
 
 

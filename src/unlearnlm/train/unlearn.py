@@ -27,6 +27,7 @@ from unlearnlm.data.batches import collate
 from unlearnlm.data.neighbors import pair_analogous
 from unlearnlm.data.texts import (
     Sample,
+    distinct_positions,
     file_sha256,
     read_records,
     split_after_opening,
@@ -133,8 +134,8 @@ def _setup(config: UnlearnConfig, run_dir: RunDir) -> _Run:
     if "analogous" in need:
         run.analogous, run.record["pairs"] = _pair(config, records, tokenizer, run.forget)
     if "relabel" in need:
-        run.relabel, run.record["pairs"] = _relabel_targets(config, records, tokenizer,
-                                                            run.forget)
+        run.relabel, run.partners, run.record["pairs"] = _relabel_targets(
+            config, records, tokenizer, run.forget)
     if "retain" in need:
         run.retain = _retain_samples(config, records, tokenizer, run.forget)
     if "mismatch" in need:
@@ -189,6 +190,7 @@ class _Run:
     mismatch: list = field(default_factory=list)  # completions for LLMU's mismatch batch
     preferred: list = field(default_factory=list)  # DPO's preferred answers
     relabel: list = field(default_factory=list)  # each forget opening + an analogous body
+    partners: list = field(default_factory=list)  # each forget text's pool text, token ids
     probe: list = field(default_factory=list)
     active: list = field(default_factory=list)
     record: dict = field(default_factory=dict)
@@ -396,7 +398,7 @@ def _relabel_targets(config, records, tokenizer, forget: list[Sample]):
     info = [{"forget_id": forget[p.forget_index].id, "analogous_id": chosen[k].id,
              "source": "pool", "similarity": round(float(p.similarity), 4)}
             for k, p in enumerate(pairs)]
-    return rows, info
+    return rows, [b.input_ids for b in bodies], info
 
 
 def _pair(config, records, tokenizer, forget: list[Sample]) -> tuple[list[list[int]], list[dict]]:
@@ -541,9 +543,17 @@ def _cut_thresholds(config, records, accelerator, model, tokenizer) -> Threshold
             )
         log.warning("No --calibrate-on: calibrating the drop test on %d pool texts", len(texts))
     samples = _split(config, texts, tokenizer, "calibration")
+    partners = None
+    if config.forget_tokens == "distinct" and records["pool"]:
+        # each never-seen text's nearest pool text, as the forget texts have theirs: the floor
+        # of a distinct token is then measured on the same kind of tokens it bounds
+        pairs = pair_analogous([s.text for s in samples], [r.text for r in records["pool"]],
+                               embed=_embedder(config.embedder_model))
+        chosen = [records["pool"][p.candidate_index].text for p in pairs]
+        partners = [list(i) for i in tokenizer(chosen, add_special_tokens=False)["input_ids"]]
     log.info("Calibrating the cut-point test on %d never-seen texts", len(samples))
     with accelerator.autocast():
-        return calibrate_cuts(model, tokenizer, samples, config, str(path))
+        return calibrate_cuts(model, tokenizer, samples, config, str(path), partners)
 
 
 def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
@@ -560,8 +570,9 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
         parts = _build_batches(batch, run.forget, run.analogous, run.retain, rng, config,
                                run.tokenizer.pad_token_id, accelerator.device,
                                mismatch=run.mismatch, preferred=run.preferred,
-                               relabel=run.relabel, floor=run.thresholds.nll_floor,
-                               cap=run.thresholds.nll_cap)
+                               relabel=run.relabel, partners=run.partners,
+                               floor=run.thresholds.nll_floor, cap=run.thresholds.nll_cap,
+                               token_floor=run.thresholds.token_floor)
         terms = unlearning_step(run.weights, model, run.reference, run.optimizer, accelerator,
                                 parts)
         for name, value in terms.items():
@@ -586,19 +597,23 @@ def unlearning_step(weights: dict[str, float], model, reference, optimizer, acce
 
 
 def _build_batches(batch, forget, analogous, retain, rng, config, pad, device, *,
-                   mismatch=(), preferred=(), relabel=(), floor=None, cap=None) -> dict:
+                   mismatch=(), preferred=(), relabel=(), partners=(), floor=None, cap=None,
+                   token_floor=None) -> dict:
     starts = [len(forget[i].prefix_ids) if config.loss_on == "suffix" else 1 for i in batch]
     parts = {"forget": collate([forget[i].input_ids for i in batch], starts, pad, device)}
     if floor is not None:
         parts["forget"]["floor"] = torch.tensor(floor, device=device)
         parts["forget"]["cap"] = cap
+        parts["forget"]["token_floor"] = torch.tensor(
+            floor if token_floor is None else token_floor, device=device)
     if relabel:
         parts["relabel"] = collate([relabel[i] for i in batch],
                                    [len(forget[i].prefix_ids) for i in batch], pad, device)
     if analogous:
         parts["analogous"] = collate([analogous[i] for i in batch], [1] * len(batch), pad, device)
-        if config.forget_tokens == "distinct":
-            keep_distinct_targets(parts["forget"], [analogous[i] for i in batch])
+    partners = analogous or partners
+    if config.forget_tokens == "distinct" and partners:
+        keep_distinct_targets(parts["forget"], [partners[i] for i in batch])
     if retain:
         chosen = [retain[rng.randrange(len(retain))] for _ in batch]
         parts["retain"] = collate(chosen, [1] * len(chosen), pad, device)
@@ -613,15 +628,14 @@ def _build_batches(batch, forget, analogous, retain, rng, config, pad, device, *
 
 def keep_distinct_targets(forget_batch: dict, partners: list[list[int]]) -> None:
     """Unmark forget targets whose bigram (previous token, token) also occurs in the sample's
-    analogous partner: wording the two share (a form's field names, common phrases) is what the
-    analogous loss keeps, so gradient ascent goes only to what tells the forget text apart."""
+    analogous partner (``data.texts.distinct_positions``): wording the two share (a form's field
+    names, common phrases) is what the analogous loss keeps, so gradient ascent goes only to
+    what tells the forget text apart."""
     ids, mask = forget_batch["input_ids"], forget_batch["loss_mask"]  # (B, T)
     for row, partner in enumerate(partners):
-        shared = set(zip(partner, partner[1:]))
-        tokens = ids[row].tolist()
-        for t in range(1, len(tokens)):
-            if mask[row, t] and (tokens[t - 1], tokens[t]) in shared:
-                mask[row, t] = 0
+        distinct = torch.tensor(distinct_positions(ids[row].tolist(), partner),
+                                dtype=mask.dtype, device=mask.device)
+        mask[row] = mask[row] * distinct
 
 
 def completion_batch(samples: list[Sample], completions: list[list[int]], rng, pad: int, device,
