@@ -11,6 +11,7 @@ import torch
 from conftest import CALIBRATION_RECORDS, FORGET_RECORDS, POOL_RECORDS, write_jsonl
 from unlearnlm.data.texts import Record, Sample, split_after_opening
 from unlearnlm.errors import UnlearnError
+from unlearnlm.lm.interface import as_lm
 from unlearnlm.methods.losses import bounded_forget, sample_nll, token_bounded_forget
 from unlearnlm.train.scoring import Thresholds, cut_points, is_forgotten_at_cuts
 
@@ -166,3 +167,36 @@ def test_token_bounded_forget_by_hand_stops_each_token_at_the_floor():
     assert after[0, 0, 1] > before[0, 0, 1] and after[1, 1, 2] > before[1, 1, 2]
     per_row = token_bounded_forget(logits.detach(), ids, mask, torch.tensor([0.5, 1.0]))
     assert float(per_row) == pytest.approx((0.0 + 0.0 + (1.0 + math.log(0.8))) / 3, abs=1e-5)
+
+
+def test_distinct_positions_by_hand():
+    """[5, 6, 7, 8] against [6, 7, 1]: the bigram (6, 7) is shared, (5, 6) and (7, 8) are not;
+    position 0 has no bigram."""
+    from unlearnlm.data.texts import distinct_positions
+
+    assert distinct_positions([5, 6, 7, 8], [6, 7, 1]) == [False, True, False, True]
+    assert distinct_positions([5, 6], [5, 6]) == [False, False]
+
+
+def test_calibrated_token_floor_is_the_median_of_distinct_token_nll(tiny_llama_dir):
+    """Partners equal to their own text leave no distinct token, so those samples are skipped
+    and the floor is the one remaining sample's mean NLL over its distinct tokens after the
+    opening, worked out here from the model's target log-probabilities."""
+    from unlearnlm.data.texts import distinct_positions
+    from unlearnlm.lm.loading import load_model
+    from unlearnlm.settings import UnlearnConfig
+    from unlearnlm.train.scoring import calibrate_cuts
+
+    model, tokenizer, _ = load_model(str(tiny_llama_dir))
+    records = [Record(f"c{i}", text) for i, text in enumerate(CALIBRATION_RECORDS[:3])]
+    samples = split_after_opening(records, tokenizer, opening_tokens=4)
+    partner = tokenizer(POOL_RECORDS[0], add_special_tokens=False)["input_ids"]
+    partners = [partner, samples[1].input_ids, samples[2].input_ids]
+    config = UnlearnConfig(model="m", forget="f", out="o", probe_cuts=2, probe_tokens=4)
+    limits = calibrate_cuts(model, tokenizer, samples, config, "unseen", partners)
+    [row] = as_lm(model, tokenizer).targets([samples[0].input_ids], [len(samples[0].prefix_ids)])
+    keep = distinct_positions(samples[0].input_ids, partner)[len(samples[0].prefix_ids):]
+    chosen = [-v for v, k in zip(row.logprobs, keep) if k]
+    assert chosen, "the pool text shares every bigram: pick another partner"
+    assert limits.token_floor == pytest.approx(sum(chosen) / len(chosen), rel=1e-5)
+    assert calibrate_cuts(model, tokenizer, samples, config, "unseen").token_floor is None

@@ -91,9 +91,9 @@ class DemoSettings(Settings):
         interval="[0, inf)")
     drop_rule: str = setting("and", "ICU's drop test: 'and' (paper) or 'or' (official code)",
                              choices=("and", "or"))
-    forget_tokens: str = setting(
-        "all", "gradient-ascent targets: 'all' suffix tokens or only the 'distinct' ones (see "
-        "`unlearnlm unlearn --help`)", choices=("all", "distinct"))
+    forget_tokens: str | None = setting(
+        None, "gradient-ascent targets: 'all' suffix tokens or only the 'distinct' ones (see "
+        "`unlearnlm unlearn --help`); null: the method's own", choices=("all", "distinct"))
     pair_with_pool: bool = setting(
         True, "pair each forget record with its nearest look-alike or kept record (ICU's analogous "
         "texts); off: with its nearest kept record")

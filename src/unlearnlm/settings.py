@@ -249,10 +249,10 @@ class UnlearnConfig(Settings):
     )
     loss_on: str = _f("suffix", "forget loss positions: 'suffix' (paper) or 'all' (official code)",
                       choices=("suffix", "all"))
-    forget_tokens: str = _f(
-        "all", "gradient-ascent targets: 'all' suffix tokens (paper) or 'distinct': only tokens "
-        "whose bigram is absent from the sample's analogous text, keeping shared wording out",
-        choices=("all", "distinct")
+    forget_tokens: str | None = _f(
+        None, "gradient-ascent targets: 'all' suffix tokens (paper) or 'distinct': only tokens "
+        "whose bigram is absent from the sample's analogous (or relabel) text, keeping shared "
+        "wording out; null: the method's own", choices=("all", "distinct")
     )
     drop_rule: str = _f("and", "'and' (paper): both scores under threshold; 'or' (official code)",
                         choices=("and", "or"))
@@ -321,6 +321,13 @@ class UnlearnConfig(Settings):
         from unlearnlm.methods.losses import METHODS
 
         return self.lr if self.lr is not None else METHODS[self.method].lr
+
+    @property
+    def target_tokens(self) -> str:
+        """Which forget tokens the ascent targets: the setting, else the method's own."""
+        from unlearnlm.methods.losses import METHODS
+
+        return self.forget_tokens or METHODS[self.method].targets
 
 
 @dataclass

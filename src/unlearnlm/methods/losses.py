@@ -211,6 +211,9 @@ class Method:
     # "opening" (the whole text after its first opening_tokens tokens, checked from several cuts)
     lr: float = 5e-6
     split: str = "window"
+    # which forget tokens the ascent targets: "all", or "distinct" (those whose bigram is absent
+    # from the sample's analogous or relabel text; see ``data.texts.distinct_positions``)
+    targets: str = "all"
 
 
 ICU_WEIGHTS = {"forget_ga": 1.0, "analogous_nll": 0.5, "analogous_kl": 1.0}

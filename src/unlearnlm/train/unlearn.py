@@ -544,7 +544,7 @@ def _cut_thresholds(config, records, accelerator, model, tokenizer) -> Threshold
         log.warning("No --calibrate-on: calibrating the drop test on %d pool texts", len(texts))
     samples = _split(config, texts, tokenizer, "calibration")
     partners = None
-    if config.forget_tokens == "distinct" and records["pool"]:
+    if config.target_tokens == "distinct" and records["pool"]:
         # each never-seen text's nearest pool text, as the forget texts have theirs: the floor
         # of a distinct token is then measured on the same kind of tokens it bounds
         pairs = pair_analogous([s.text for s in samples], [r.text for r in records["pool"]],
@@ -612,7 +612,7 @@ def _build_batches(batch, forget, analogous, retain, rng, config, pad, device, *
     if analogous:
         parts["analogous"] = collate([analogous[i] for i in batch], [1] * len(batch), pad, device)
     partners = analogous or partners
-    if config.forget_tokens == "distinct" and partners:
+    if config.target_tokens == "distinct" and partners:
         keep_distinct_targets(parts["forget"], [partners[i] for i in batch])
     if retain:
         chosen = [retain[rng.randrange(len(retain))] for _ in batch]
