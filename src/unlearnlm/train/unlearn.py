@@ -382,52 +382,45 @@ def _split(config, records: list, tokenizer, role: str) -> list[Sample]:
 
 def _relabel_targets(config, records, tokenizer, forget: list[Sample]):
     """Each forget sample's opening followed by the body of its nearest pool text: what the
-    model learns to say instead. Only pool texts serve (never retain texts, whose facts the
-    forgotten text must not take over)."""
+    model learns to say instead; and each chosen pool text's token ids (the partner that tells
+    shared wording from what is the forget text's own). Only pool texts serve (never retain
+    texts, whose facts the forgotten text must not take over)."""
     if not records["pool"]:
         raise UnlearnError(
             f"method '{config.method}' needs --pool: texts of the same kind with other facts, "
             "whose bodies become the forget texts' new continuations"
         )
-    pairs = pair_analogous([s.text for s in forget], [r.text for r in records["pool"]],
-                           embed=_embedder(config.embedder_model))
-    chosen = [records["pool"][p.candidate_index] for p in pairs]
+    chosen, info = _nearest(config, records, forget, ("pool",))
     bodies = _split(config, chosen, tokenizer, "pool")
     rows = [f.prefix_ids + b.suffix_ids[: max(len(f.suffix_ids), 1)]
             for f, b in zip(forget, bodies)]
-    info = [{"forget_id": forget[p.forget_index].id, "analogous_id": chosen[k].id,
-             "source": "pool", "similarity": round(float(p.similarity), 4)}
-            for k, p in enumerate(pairs)]
     return rows, [b.input_ids for b in bodies], info
 
 
 def _pair(config, records, tokenizer, forget: list[Sample]) -> tuple[list[list[int]], list[dict]]:
     """Each forget sample's nearest analogous text (pool + retain), as token ids."""
-    candidates = [(role, r) for role in ("pool", "retain") for r in records[role]]
-    if not candidates:
+    if not records["pool"] and not records["retain"]:
         raise UnlearnError(
             f"method '{config.method}' needs analogous texts: give --pool (texts of the same kind "
             "with other facts) and/or --retain"
         )
-    pairs = pair_analogous(
-        [s.text for s in forget],
-        [r.text for _, r in candidates],
-        embed=_embedder(config.embedder_model),
-    )
+    chosen, info = _nearest(config, records, forget, ("pool", "retain"))
     cap = max(len(s.input_ids) for s in forget)
-    texts = [candidates[p.candidate_index][1].text for p in pairs]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    analogous = [list(i)[:cap] for i in ids]
-    info = [
-        {
-            "forget_id": forget[p.forget_index].id,
-            "analogous_id": candidates[p.candidate_index][1].id,
-            "source": candidates[p.candidate_index][0],
-            "similarity": round(float(p.similarity), 4),
-        }
-        for p in pairs
-    ]
-    return analogous, info
+    ids = tokenizer([r.text for r in chosen], add_special_tokens=False)["input_ids"]
+    return [list(i)[:cap] for i in ids], info
+
+
+def _nearest(config, records, forget: list[Sample], roles: tuple[str, ...]):
+    """Each forget sample's nearest text among the given roles' records (sentence embeddings,
+    FAISS): the chosen records, in forget order, and one ``pairs`` entry each for run.json."""
+    candidates = [(role, r) for role in roles for r in records[role]]
+    pairs = pair_analogous([s.text for s in forget], [r.text for _, r in candidates],
+                           embed=_embedder(config.embedder_model))
+    chosen = [candidates[p.candidate_index] for p in pairs]
+    info = [{"forget_id": forget[p.forget_index].id, "analogous_id": record.id, "source": role,
+             "similarity": round(float(p.similarity), 4)}
+            for p, (role, record) in zip(pairs, chosen)]
+    return [record for _, record in chosen], info
 
 
 def _embedder(model_dir: str | None):
