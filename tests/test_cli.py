@@ -100,3 +100,19 @@ def test_bad_setting_value(capsys, tmp_path, tiny_llama_dir, record_files):
 def test_methods_lists_icu(capsys):
     assert main(["methods"]) == 0
     assert '"analogous_kl": 1.0' in capsys.readouterr().out
+
+
+def test_optional_kernel_notices_stay_off_the_console():
+    """torchao announces at import the CUDA and triton kernels a CPU build lacks, and torch its
+    pytree deprecations; after the command line's logging set-up none of that reaches stderr."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torchao")
+    code = ("from unlearnlm.cli import _setup_logging; _setup_logging(False); "
+            "import torchao, torch.utils._pytree; print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, check=True)
+    assert done.stdout.strip() == "ok"
+    assert "Failed to load" not in done.stderr and "triton" not in done.stderr, done.stderr
+    assert "_pytree" not in done.stderr, done.stderr

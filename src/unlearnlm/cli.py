@@ -190,8 +190,13 @@ def _setup_logging(quiet: bool) -> None:
         format="%(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("transformers", "sentence_transformers", "accelerate", "httpx", "urllib3"):
+    for noisy in ("transformers", "sentence_transformers", "accelerate", "httpx", "urllib3",
+                  "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # import-time notices of optional kernels this CPU build does not have (torchao's triton
+    # and CUDA libraries, torch's pytree deprecations): nothing a user can act on
+    for optional in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(optional).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         from transformers.utils import logging as hf_logging
