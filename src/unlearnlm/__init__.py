@@ -7,10 +7,10 @@ __all__ = ["unlearn", "UnlearnConfig", "UnlearnError"]
 
 def __getattr__(name: str):
     """Import the heavy parts (torch, transformers) only when used."""
-    if name == "unlearn":
-        from unlearnlm.train.unlearn import unlearn
+    if name == "unlearn":  # the run, then its quick check (``audit.check``) unless switched off
+        from unlearnlm.audit.check import unlearn_and_check
 
-        return unlearn
+        return unlearn_and_check
     if name == "UnlearnConfig":
         from unlearnlm.settings import UnlearnConfig
 

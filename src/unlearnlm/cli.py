@@ -1,9 +1,10 @@
 """The ``unlearnlm`` command (see ``unlearnlm -h``).
 
-The flags of ``unlearn``, ``finetune``, ``eval``, ``bench`` and ``demo`` are made from the fields
-of their settings dataclass (``unlearnlm.settings``): ``lr`` is ``--lr``, ``prefix_tokens`` is
-``--prefix-tokens``, a boolean ``x`` is ``--x`` / ``--no-x``. Flags override ``--config
-FILE.yaml``, which overrides the defaults. Bad input exits with status 2 and one line on stderr.
+The flags of ``unlearn``, ``finetune``, ``eval``, ``audit``, ``bench`` and ``demo`` are made
+from the fields of their settings dataclass (``unlearnlm.settings``): ``lr`` is ``--lr``,
+``prefix_tokens`` is ``--prefix-tokens``, a boolean ``x`` is ``--x`` / ``--no-x``. Flags override
+``--config FILE.yaml``, which overrides the defaults. Bad input exits with status 2 and one line
+on stderr.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 import sys
 
+from unlearnlm.audit.settings import AuditSettings
 from unlearnlm.bench.runner import BenchSettings
 from unlearnlm.demo import DemoSettings
 from unlearnlm.errors import UnlearnError
@@ -56,8 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
                        ("retain", "a model trained without the forget set")):
         rep.add_argument(f"--{side}", metavar="P", help=f"eval.json (or its folder) of {what} "
                          f"(default: RUN_DIR/eval-{side}/eval.json when it exists)")
+    rep.add_argument("--audit", metavar="P", help="audit.json (or its folder) of `unlearnlm "
+                     "audit` on the run (default: RUN_DIR/audit/audit.json when it exists)")
     rep.add_argument("--out", metavar="DIR", help="where to write the report (default RUN_DIR)")
     rep.set_defaults(func=cmd_report)
+
+    aud = sub.add_parser("audit", help="attack an unlearned model (relearning, quantisation, "
+                         "decoding) and score whether the forgotten texts come back")
+    add_flags(aud, AuditSettings)
+    aud.set_defaults(func=cmd_audit)
 
     bench = sub.add_parser("bench", help="the paper's comparison: make a model leak a forget "
                            "set, unlearn it with every method, evaluate all, tabulate")
@@ -72,10 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_unlearn(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from unlearnlm.train.unlearn import unlearn
+    from unlearnlm.audit.check import unlearn_and_check
 
-    record = (unlearn(resume=args.resume) if args.resume
-              else unlearn(settings_from_args(UnlearnConfig, args)))
+    record = (unlearn_and_check(resume=args.resume) if args.resume
+              else unlearn_and_check(settings_from_args(UnlearnConfig, args)))
     if PartialState().is_main_process:  # under `accelerate launch`, one process reports
         _print_done(record)
     return 0
@@ -88,6 +97,8 @@ def _print_done(record: dict) -> None:
         f"{record['epochs'][-1]['active']} of {record['forget_set']['samples']} samples still "
         f"active. Model and run.json in {record['config']['out']}"
     )
+    if "check" in record:
+        print(record["check"]["summary"])
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -151,11 +162,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from unlearnlm.audit.run import audit, summary_lines
+    from unlearnlm.report.audit import write_audit_report
+
+    s = settings_from_args(AuditSettings, args)
+    record = audit(s)
+    for line in summary_lines(record):
+        print(line)
+    paths = write_audit_report(record, s.out)
+    print(f"Files: {s.out}/audit.json, {paths[0]}, {paths[1]}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from unlearnlm.report.run import build_report
 
     paths = build_report(args.run_dir, before=args.before, after=args.after,
-                         retain=args.retain, out=args.out)
+                         retain=args.retain, out=args.out, audit=args.audit)
     for path in paths:
         print(path)
     return 0

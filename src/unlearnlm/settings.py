@@ -296,6 +296,15 @@ class UnlearnConfig(Settings):
     guard_lr_factor: float = _f(0.5, "after a rollback, multiply the learning rate by this")
     guard_max_rollbacks: int = _f(2, "after this many rollbacks the next one stops the run")
     guard_probe_texts: int = _f(16, "held-out texts (calibration, else pool) for the probe")
+    quick_check: bool = _f(
+        True, "after the run, a quick check (check.json, read by the report): the forget set "
+        "against never-seen texts under greedy decoding, sampling, 8-bit and 4-bit weights, "
+        "membership inference, and WikiText perplexity before and after", flag="check"
+    )
+    check_against: str | None = _f(
+        None, "never-seen texts of the same kind for the check; null: --calibrate-on, else "
+        "--pool, else the extraction benchmark's val split"
+    )
     mixed_precision: str = shared("mixed_precision")
     cpu: bool = _f(False, "run on the CPU even when a GPU is present")
     log_text: bool = _f(False, "allow forget-set text in logs and console (private data)")

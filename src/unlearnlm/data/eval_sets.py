@@ -87,6 +87,22 @@ def corpus_texts(name: str, limit: int | None) -> list[str]:
     return texts[:limit] if limit is not None else texts
 
 
+def wikipedia_paragraphs(count: int, seed: int, shortest: int = 300) -> list[str]:
+    """``count`` Wikipedia lead paragraphs (``wiki/summaries_en-us.json``) of at least
+    ``shortest`` characters, in a seeded random order: ordinary text unrelated to any forget set.
+    """
+    import random
+
+    path = data_root() / "wiki" / "summaries_en-us.json"
+    if not path.is_file():
+        raise UnlearnError(f"{path} not found; set UNLEARNLM_DATA to the data folder or give "
+                           "the general texts as a file")
+    pages = json.loads(path.read_text(encoding="utf-8"))
+    texts = [page["extract"] for page in pages.values() if len(page.get("extract", "")) >= shortest]
+    random.Random(seed).shuffle(texts)
+    return texts[:count]
+
+
 def lambada_items(limit: int | None) -> list[tuple[str, str]]:
     """``eval/lambada.csv`` as (context, " last word"): the text split before its last word."""
     items = []

@@ -3,6 +3,8 @@
 The demo (and tests) need records of one fixed shape to make a model memorise and then forget:
 name, birth date, job, phone, street address, email and an ID number, generated with Faker from a
 seed. Each record is a pre-split sample: the prefix names the person, the suffix holds the facts.
+``record_fields`` reads the name and the private fields back from a text of that shape (the audit
+uses them to count leaks and to ask about a person), and ``field_question`` asks for one field.
 """
 
 from __future__ import annotations
@@ -72,6 +74,33 @@ FIELD_SHAPES = {
     "address": re.compile(r"Address: \d+ [^,.]+, [^.]+\."),
     "id_number": re.compile(r"ID number: [A-Z]{2}\d{6}\."),
 }
+
+
+# the value of each field in a text of the record shape (the lookahead leaves the field's "." out)
+_FIELD_VALUES = {
+    "name": re.compile(r"Personal record of (.+?)\.(?= Born )"),
+    "phone": re.compile(r"Phone: (\d{3}-\d{3}-\d{4})\."),
+    "email": re.compile(r"Email: ([\w.+-]+@[\w-]+(?:\.[\w-]+)+)\."),
+    "address": re.compile(r"Address: (\d+ [^,.]+, [^.]+)\."),
+    "id_number": re.compile(r"ID number: ([A-Z]{2}\d{6})\."),
+}
+FIELD_LABELS = {"phone": "phone number", "email": "email address", "address": "home address",
+                "id_number": "ID number"}
+
+
+def record_fields(text: str) -> dict[str, str] | None:
+    """The name and the private fields of a text shaped like ``record_text``'s output, or None
+    when any of them is missing (the text is not a record of this shape)."""
+    found = {name: pattern.search(text) for name, pattern in _FIELD_VALUES.items()}
+    if not all(found.values()):
+        return None
+    return {name: match.group(1) for name, match in found.items() if match}
+
+
+def field_question(name: str, field: str) -> str:
+    """A question about one private field of a person's record: the format-shifted prompt that
+    asks for what the record's opening words would have led to."""
+    return f"Question: What is the {FIELD_LABELS[field]} of {name}?\nAnswer:"
 
 
 def field_shapes(generation: str) -> dict[str, bool]:

@@ -2,10 +2,12 @@
 
 Reads ``RUN_DIR/run.json`` (written by ``unlearn``) and, when there, the ``eval.json`` of the
 model before unlearning, after it, and of a model trained without the forget set (defaults:
-``RUN_DIR/eval-before``, ``RUN_DIR/eval-after``, ``RUN_DIR/eval-retain``). Sections: the run
-(method, model, forget set, why it stopped), its dynamics per epoch, every forget sample before
-and after, utility before and after, the privacy verdict, and the collapse guard's events. A
-part without data is left out or marked "not evaluated".
+``RUN_DIR/eval-before``, ``RUN_DIR/eval-after``, ``RUN_DIR/eval-retain``), the quick check that
+ends a run (``RUN_DIR/check.json``) and a robustness audit (``RUN_DIR/audit/audit.json``).
+Sections: the run (method, model, forget set, why it stopped), its dynamics per epoch, every
+forget sample before and after, utility before and after, the privacy verdict, the robustness
+audit, and the collapse guard's events. Without evaluations, utility and the verdict come from
+the quick check. A part without data is left out or marked "not evaluated".
 
 The report is built as blocks (``report.plots.Report``: headings, text, tables, plots) and
 rendered to markdown and to HTML with every plot inline, so ``report.html`` needs nothing else.
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from unlearnlm.errors import UnlearnError
 from unlearnlm.report import plots
+from unlearnlm.report.audit import audit_section, check_utility_rows, check_verdict_section
 from unlearnlm.report.plots import Report, fmt, write_report
 
 EVAL_SIDES = ("before", "after", "retain")
@@ -221,9 +224,14 @@ def utility_rows(evals: dict[str, dict]) -> list[tuple[str, str, list]]:
     return rows
 
 
-def utility_section(report: Report, evals: dict[str, dict]) -> None:
+def utility_section(report: Report, evals: dict[str, dict], check: dict | None = None) -> None:
     """Utility and privacy numbers side by side (before / after / retain model) + bar plots."""
     report.heading("Utility before and after")
+    if not evals and check and check_utility_rows(check):
+        report.text("From the quick check after the run (check.json); `unlearnlm eval` measures "
+                    "the downstream tasks too.")
+        report.table(["metric", "before", "after"], check_utility_rows(check), key="utility")
+        return
     if not evals:
         report.text("Not evaluated. Run `unlearnlm eval --model MODEL --out RUN_DIR/eval-before` "
                     "on the original model and `... --model RUN_DIR --out RUN_DIR/eval-after` "
@@ -243,10 +251,13 @@ def utility_section(report: Report, evals: dict[str, dict]) -> None:
             report.image(title, plots.grouped_bars(title, [c[0] for c in chosen], series, unit))
 
 
-def privacy_section(report: Report, after: dict | None) -> None:
+def privacy_section(report: Report, after: dict | None, check: dict | None = None) -> None:
     """The forgetting verdict of the unlearned model, overall and per sample."""
     report.heading("Privacy verdict")
     section = (after or {}).get("tasks", {}).get("verdict")
+    if not section and check:
+        check_verdict_section(report, check)
+        return
     if not section:
         report.text("Not evaluated. Run `unlearnlm eval --tasks forget,mia --forget FORGET "
                     "--model RUN_DIR --out RUN_DIR/eval-after` (non-member texts give the "
@@ -297,26 +308,48 @@ def guard_section(report: Report, record: dict) -> None:
 # --- the whole report ---------------------------------------------------------------------
 
 
-def run_report(record: dict, evals: dict[str, dict]) -> Report:
-    """The report of one run; ``evals`` maps 'before' / 'after' / 'retain' to eval.json data."""
+def run_report(record: dict, evals: dict[str, dict], check: dict | None = None,
+               audit: dict | None = None) -> Report:
+    """The report of one run; ``evals`` maps 'before' / 'after' / 'retain' to eval.json data;
+    ``check`` is the quick check's check.json, ``audit`` an audit.json."""
     method = record.get("method", {}).get("name", "?")
     model = Path(str(record.get("model", {}).get("spec", "?"))).name
     report = Report(f"Unlearning report: {method} on {model}")
     header_section(report, record)
     dynamics_section(report, record)
     samples_section(report, record)
-    utility_section(report, evals)
-    privacy_section(report, evals.get("after"))
+    utility_section(report, evals, check)
+    privacy_section(report, evals.get("after"), check)
+    if audit:
+        audit_section(report, audit)
     guard_section(report, record)
     return report
 
 
+def load_json_file(given: str | Path | None, default: Path, name: str, key: str) -> dict | None:
+    """A JSON file the report reads (``check.json``, ``audit.json``): the given file or a folder
+    holding it, else ``default`` when it exists; it must hold ``key``."""
+    path = default if given is None else Path(given)
+    path = path / name if path.is_dir() else path
+    if not path.is_file():
+        if given is None:
+            return None
+        raise UnlearnError(f"no {name} at {given}; give the {name} that unlearnlm writes, or "
+                           "its folder")
+    data = _read_json(path, name)
+    if key not in data:
+        raise UnlearnError(f"{path} has no '{key}'; give the {name} that unlearnlm writes")
+    return data
+
+
 def build_report(run_dir: str | Path, before: str | Path | None = None,
                  after: str | Path | None = None, retain: str | Path | None = None,
-                 out: str | Path | None = None) -> tuple[Path, Path]:
+                 out: str | Path | None = None, audit: str | Path | None = None
+                 ) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` for the run in ``run_dir`` (into ``out``, default
     ``run_dir``); returns both paths. ``before`` / ``after`` / ``retain`` are eval.json files or
-    folders holding one (defaults: ``run_dir/eval-before`` etc., used when they exist)."""
+    folders holding one (defaults: ``run_dir/eval-before`` etc., used when they exist);
+    ``audit`` an audit.json or its folder (default: ``run_dir/audit``, when it exists)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UnlearnError(f"run directory {run_dir} not found; give the --out folder of an "
@@ -325,4 +358,6 @@ def build_report(run_dir: str | Path, before: str | Path | None = None,
     given = dict(zip(EVAL_SIDES, (before, after, retain)))
     evals = {side: data for side in EVAL_SIDES
              if (data := load_eval(given[side], run_dir / f"eval-{side}" / "eval.json"))}
-    return write_report(run_report(record, evals), Path(out) if out else run_dir)
+    check = load_json_file(None, run_dir / "check.json", "check.json", "verdict")
+    audited = load_json_file(audit, run_dir / "audit" / "audit.json", "audit.json", "lines")
+    return write_report(run_report(record, evals, check, audited), Path(out) if out else run_dir)
