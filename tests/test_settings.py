@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from unlearnlm.audit.settings import AuditSettings
 from unlearnlm.bench.runner import BenchSettings
 from unlearnlm.cli import build_parser, main
 from unlearnlm.demo import DemoSettings
@@ -21,6 +22,7 @@ COMMANDS = {
     "unlearn": (UnlearnConfig, ["--model", "m", "--forget", "f.jsonl", "--out", "o"]),
     "finetune": (FinetuneSettings, ["--model", "m", "--data", "d.jsonl", "--out", "o"]),
     "eval": (EvalSettings, ["--model", "m", "--out", "o"]),
+    "audit": (AuditSettings, ["--model", "m", "--forget", "f.jsonl", "--out", "o"]),
     "bench": (BenchSettings, []),
     "demo": (DemoSettings, []),
 }
@@ -31,8 +33,11 @@ def _settings(command: str, *flags: str):
     return settings_from_args(cls, build_parser().parse_args([command, *required, *flags]))
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _flag(name: str, cls=None) -> str:
+    """The flag of a field: its declared ``flag`` name, else the field's name with dashes."""
+    fields = {f.name: f for f in dataclasses.fields(cls)} if cls else {}
+    declared = fields[name].metadata.get("flag") if name in fields else None
+    return "--" + (declared or name.replace("_", "-"))
 
 
 def _booleans(cls) -> list[str]:
@@ -45,8 +50,8 @@ def test_every_boolean_switches_on_and_off(command):
     --no-stop-on-el, --no-el-every-epoch, --no-calibrate-el, --no-pair-with-pool)."""
     cls = COMMANDS[command][0]
     for name in _booleans(cls):
-        assert getattr(_settings(command, _flag(name)), name) is True
-        assert getattr(_settings(command, "--no-" + _flag(name)[2:]), name) is False
+        assert getattr(_settings(command, _flag(name, cls)), name) is True
+        assert getattr(_settings(command, "--no-" + _flag(name, cls)[2:]), name) is False
         assert getattr(_settings(command), name) is getattr(cls(), name)  # untouched: default
 
 

@@ -148,7 +148,7 @@ class BenchSettings(Settings):
             calibration_stop=self.calibration_stop, seed=self.seed,
             prefix_tokens=self.prefix_tokens, suffix_tokens=self.suffix_tokens,
             el_every_epoch=self.el_every_epoch, guard_ppl_factor=self.guard_ppl_factor,
-            overwrite=True)
+            overwrite=True, quick_check=False)  # the bench evaluates (and audits) every model
 
 
 # --- step 1: data ------------------------------------------------------------------------------
