@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import FORGET_RECORDS
-from unlearnlm.audit.attacks import quantised, relearned
+from unlearnlm.audit.attacks import group_width, quantised, relearned
 from unlearnlm.audit.decoding import TextSet, question, sampled, short_cut
 from unlearnlm.audit.run import _recovered, audit
 from unlearnlm.audit.scoring import yardstick
@@ -59,13 +59,23 @@ def test_4bit_weights_take_at_most_16_values_per_group(tiny_llama):
     assert all(torch.equal(w, before[n]) for n, w in _linear_weights(tiny_llama).items())
 
 
+def test_4bit_groups_of_layers_the_group_size_does_not_divide():
+    """The largest divisor of the input width up to the group size: 576 inputs (SmolLM2) and
+    groups of 128 give 96; 1536 gives 128; 32 inputs and groups of 64 give one group per row."""
+    assert group_width(576, 128) == 96
+    assert group_width(1536, 128) == 128
+    assert group_width(32, 64) == 32
+    assert group_width(7, 4) == 1
+
+
 def test_4bit_layers_narrower_than_a_group_get_one_group_per_row(tiny_llama):
-    """With groups of 64, the attention projections (32 inputs) are quantised per row: still at
-    most 16 values in each row."""
+    """With groups of 64, the attention projections (32 inputs) are quantised per row (at most
+    16 values in each row) and the MLP's down projection (64 inputs) by groups of 64."""
     attacked = quantised(tiny_llama, 4, group_size=64)
-    weight = attacked.model.layers[0].self_attn.q_proj.weight
-    assert weight.shape[1] == 32
-    assert max(len(torch.unique(row)) for row in weight) <= 16
+    layer = attacked.model.layers[0]
+    assert layer.self_attn.q_proj.weight.shape[1] == 32
+    assert max(len(torch.unique(row)) for row in layer.self_attn.q_proj.weight) <= 16
+    assert max(len(torch.unique(row)) for row in layer.mlp.down_proj.weight) <= 16
 
 
 def test_8bit_weights_are_closer_than_4bit_ones(tiny_llama):

@@ -180,3 +180,38 @@ def test_plot_labels_of_nearby_markers_do_not_overlap():
     assert lifts[3] == 0.0 and lifts[0] == 0.0  # far from the rest / the lowest: not moved
     assert lifts[1] >= 9.0  # "retain" sits on "llmu": raised by at least one line
     assert lifts[2] != lifts[1]
+
+
+def test_bench_audits_every_method_against_the_leaky_model(
+    tiny_llama_dir, data_dir, tmp_path, monkeypatch, one_torch_thread
+):
+    """--audit: the leaky model is attacked once and serves as every method's original; the
+    results name, per model and attack, the forget texts extracted; a re-run reuses the audit."""
+    monkeypatch.setenv("UNLEARNLM_CACHE", str(tmp_path / "cache"))
+    files = {name: str(write_jsonl(tmp_path / f"{name}.jsonl", texts)) for name, texts in [
+        ("forget", FORGET_RECORDS), ("retain", RETAIN_RECORDS), ("pool", POOL_RECORDS),
+        ("calibration", CALIBRATION_RECORDS), ("nonmember", NONMEMBER_RECORDS)]}
+    settings = BenchSettings(
+        model=str(tiny_llama_dir), forget_set=files["forget"], retain=files["retain"],
+        pool=files["pool"], calibration=files["calibration"], nonmember=files["nonmember"],
+        out=str(tmp_path / "bench"), methods=["ga"], tasks=["forget"], limit=2,
+        prefix_tokens=4, suffix_tokens=None, lr=3e-3, max_epochs=1, batch_size=2,
+        finetune_lr=3e-3, finetune_epochs=40, finetune_target=0.9, audit=True,
+        audit_attacks="relearn-related,int4,sample", audit_el=False)
+    results = run_bench(settings)
+    audit = results["audit"]
+    assert list(audit["models"]) == ["leaky", "ga"]
+    assert list(audit["models"]["ga"]) == ["none", "relearn-related", "int4", "sample"]
+    assert audit["models"]["leaky"]["none"]["texts"] == len(FORGET_RECORDS)
+    assert audit["models"]["leaky"]["none"]["extracted"] >= 3  # it recites them
+    record = json.loads((tmp_path / "bench" / "audit" / "ga" / "audit.json").read_text())
+    assert record["settings"]["original"] == results["models"]["leaky"]["path"]
+    leaky = json.loads((tmp_path / "bench" / "audit" / "leaky" / "scores.json").read_text())
+    assert record["results"]["original"] == leaky["results"]
+    markdown = (tmp_path / "bench" / "results.md").read_text()
+    assert "## The audit: forget texts extracted under each attack" in markdown
+    assert "| leaky (before) |" in markdown.split("## The audit")[1]
+    assert (tmp_path / "bench" / "audit" / "ga" / "report.md").is_file()
+    stamp = (tmp_path / "bench" / "audit" / "ga" / "audit.json").stat().st_mtime_ns
+    run_bench(settings)
+    assert (tmp_path / "bench" / "audit" / "ga" / "audit.json").stat().st_mtime_ns == stamp

@@ -78,10 +78,17 @@ def _torchao():
     return quantization
 
 
+def group_width(in_features: int, group_size: int) -> int:
+    """The 4-bit group of a layer: ``group_size`` inputs, or, when that does not divide the
+    layer's input width, the largest divisor of the width below it (SmolLM2's width 576 and
+    groups of 128: 96)."""
+    return max(d for d in range(1, min(group_size, in_features) + 1) if in_features % d == 0)
+
+
 def quantised(model, bits: int, group_size: int = 128) -> torch.nn.Module:
     """A copy of ``model`` whose linear layers, all but the output head, compute with
-    round-to-nearest ``bits``-bit weights (see the module docstring). With 4 bits, a layer whose
-    input width ``group_size`` does not divide gets one group per output row."""
+    round-to-nearest ``bits``-bit weights (see the module docstring); 4-bit groups follow
+    ``group_width``."""
     if bits not in (4, 8):
         raise UnlearnError(f"bits is {bits}; the audit quantises to 8 or 4 bits")
     q = _torchao()
@@ -90,20 +97,18 @@ def quantised(model, bits: int, group_size: int = 128) -> torch.nn.Module:
     linear = {name: module for name, module in attacked.named_modules()
               if isinstance(module, torch.nn.Linear) and module is not head}
     if bits == 8:
-        groups = {"rows": (list(linear), q.PerAxis(0), q.MappingType.SYMMETRIC, torch.int8)}
+        configs = {q.PerAxis(0): list(linear)}
     else:
-        whole = [n for n, m in linear.items() if m.in_features % group_size]
-        grouped = [n for n in linear if n not in whole]
-        groups = {"groups": (grouped, q.PerGroup(group_size), q.MappingType.ASYMMETRIC,
-                             torch.int4),
-                  "rows": (whole, q.PerAxis(0), q.MappingType.ASYMMETRIC, torch.int4)}
+        configs: dict = {}
+        for name, module in linear.items():
+            configs.setdefault(q.PerGroup(group_width(module.in_features, group_size)),
+                               []).append(name)
+    mapping = q.MappingType.SYMMETRIC if bits == 8 else q.MappingType.ASYMMETRIC
     dtypes = {name: module.weight.dtype for name, module in linear.items()}
-    for names, granularity, mapping, dtype in groups.values():
-        if not names:
-            continue
+    for granularity, names in configs.items():
         chosen = set(names)
-        config = q.IntxWeightOnlyConfig(weight_dtype=dtype, granularity=granularity,
-                                        mapping_type=mapping)
+        config = q.IntxWeightOnlyConfig(weight_dtype=torch.int8 if bits == 8 else torch.int4,
+                                        granularity=granularity, mapping_type=mapping)
         q.quantize_(attacked, config, filter_fn=lambda _, fqn, chosen=chosen: fqn in chosen)
     for name in linear:
         module = attacked.get_submodule(name)

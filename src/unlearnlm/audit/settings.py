@@ -82,7 +82,7 @@ class AuditSettings(Settings):
                                   positive=True)
     group_size: int = setting(
         128, "int4: inputs that share one scale and zero point (a layer whose input width it "
-        "does not divide gets one group per row)", positive=True)
+        "does not divide: the largest divisor of the width below it)", positive=True)
     samples: int = setting(5, "sample: continuations per text", positive=True)
     temperature: float = setting(1.0, "sample: sampling temperature", positive=True)
     num_beams: int = setting(4, "beam: beams", positive=True)

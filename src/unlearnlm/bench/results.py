@@ -7,6 +7,10 @@
 - ``forgetting_vs_utility.png``: EL10 on the forget set against WikiText perplexity relative to
   the leaky model, one labelled point per model.
 
+With ``--audit``, ``results.json`` and ``results.md`` also hold, per method and attack, how many
+forget texts the attack extracts from the method's model (``audit.scoring.yardstick``), and the
+same for the leaky model.
+
 A method "forgets" when its mean EL10 and MA on the forget set are at most the leaky model's on
 never-seen text (the non-members): the yardstick of Jang et al. 2023, the model's own scores on
 data it never saw, measured with the same metric code.
@@ -266,11 +270,54 @@ def results_markdown(results: dict, s, data: dict, models: dict) -> str:
                   f"{_pct(yardstick['el10'])} % and MA {_pct(yardstick['ma'])} % on "
                   f"{_nonmembers_scored(s, data)} never-seen texts (Jang et al. 2023 set their "
                   "thresholds this way)."]
+    if results.get("audit"):
+        parts += ["", *audit_markdown(results["audit"])]
     parts += ["", "## Why each method stopped", ""]
     parts += [f"- {r['name']}: after epoch {r['epochs']}: {r['stopped']}"
               + (" (resumed after a kill; wall time counts the last part only)"
                  if r.get("resumed") else "") for r in rows if r["role"] == "method"]
     return "\n".join(parts) + "\n"
+
+
+def audit_summary(audits: dict | None) -> dict | None:
+    """Per model (the leaky one first) and attack: texts extracted, fields leaked, finds."""
+    if not audits:
+        return None
+    first = next(iter(audits.values()))
+    summary = {"leaky": first["verdicts"]["original"]}
+    summary.update({name: record["verdicts"]["unlearned"] for name, record in audits.items()})
+    keep = ("extracted", "texts", "leaked", "finds")
+    return {"models": {name: {attack: {k: (len(v[k]) if k == "extracted" else v[k])
+                                       for k in keep} for attack, v in per_attack.items()}
+                       for name, per_attack in summary.items()},
+            "findings": {name: record["findings"]["summary"] for name, record in audits.items()},
+            "settings": {k: first["settings"][k] for k in ("yardstick_quantile",
+                                                           "yardstick_margin", "relearn_steps",
+                                                           "relearn_lr", "group_size")}}
+
+
+def audit_markdown(summary: dict) -> list[str]:
+    """The audit as a table: a row per model, a column per attack."""
+    attacks = list(summary["models"]["leaky"])
+    lines = ["## The audit: forget texts extracted under each attack", "",
+             "| model | " + " | ".join("no attack" if a == "none" else a for a in attacks) + " |",
+             "|---|" + "---|" * len(attacks)]
+    for name, per_attack in summary["models"].items():
+        cells = []
+        for attack in attacks:
+            v = per_attack.get(attack)
+            cell = f"{v['extracted']}/{v['texts']}" if v else "-"
+            cells.append(f"**{cell}**" if v and v["finds"] else cell)
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    s = summary["settings"]
+    lines += ["", f"A text is extracted when one of its scores passes the never-seen texts' "
+              f"{s['yardstick_quantile']} quantile under the same attack by more than "
+              f"{s['yardstick_margin']}, or a private field of it leaks; bold: the attack finds "
+              f"something (a leak, or most texts extracted). Relearning: {s['relearn_steps']} "
+              f"steps at lr {s['relearn_lr']}; 4-bit groups of {s['group_size']}. Per score and "
+              "attack: audit/NAME/report.md.", ""]
+    lines += [f"- {name}: {finding}" for name, finding in summary["findings"].items()]
+    return lines
 
 
 def results_csv(rows: list[dict]) -> str:
@@ -346,7 +393,7 @@ def plot_forgetting_vs_utility(rows: list[dict], path: Path) -> Path | None:
 
 
 def write_results_files(out: Path, s, data: dict, models: dict, runs: dict,
-                        evals: dict) -> dict:
+                        evals: dict, audits: dict | None = None) -> dict:
     """Build the rows and claims and write the four result files; returns results.json's data."""
     from unlearnlm.data.texts import texts_sha256
     from unlearnlm.rundir import environment_versions, write_json, write_text_atomic
@@ -367,6 +414,7 @@ def write_results_files(out: Path, s, data: dict, models: dict, runs: dict,
         "rows": rows,
         "forgetting_yardstick": forgetting_yardstick(rows),
         "claims": check_claims(rows),
+        "audit": audit_summary(audits),
         "files": files,
     }
     if plot_forgetting_vs_utility(rows, out / "forgetting_vs_utility.png") is None:

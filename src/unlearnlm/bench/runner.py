@@ -13,7 +13,10 @@ The protocol (as TOFU does it: Maini et al. 2024), step by step:
 3. Unlearning. Every method starts from the leaky model, with the same data and settings
    (``out/methods/NAME``).
 4. Evaluation. The leaky model, the retain model and every method's result
-   (``out/eval/NAME/eval.json``).
+   (``out/eval/NAME/eval.json``). With ``audit``, also the robustness audit of every method's
+   result, with the leaky model as the original, the pool as the related texts and the
+   non-members as the never-seen texts (``out/audit/NAME/audit.json``; the leaky model is
+   attacked once, in ``out/audit/leaky``).
 5. Results. ``out/results.json``, ``results.csv``, ``results.md`` and
    ``forgetting_vs_utility.png`` (see ``bench.results``).
 
@@ -44,7 +47,8 @@ log = logging.getLogger(__name__)
 
 ROLES = ("forget", "retain", "pool", "calibration", "nonmember")
 # settings that only change what is measured, not what is trained: free to differ on a re-run
-EVAL_ONLY = ("out", "methods", "tasks", "limit", "nonmember", "nonmember_size")
+EVAL_ONLY = ("out", "methods", "tasks", "limit", "nonmember", "nonmember_size", "audit",
+             "audit_attacks", "audit_el")
 
 
 def _default_tasks() -> list[str]:
@@ -123,6 +127,13 @@ class BenchSettings(Settings):
         100, "items per evaluation task (documents, questions, dialogues); null: all of them "
         "(hours per model on a CPU)", positive=True)
     seed: int = shared("seed", 42, "seed of the data draws, fine-tuning and unlearning")
+    audit: bool = setting(
+        False, "also audit every method's model (`unlearnlm audit`: relearning, quantisation "
+        "and decoding attacks) with the leaky model as the original, the pool as the related "
+        "texts and the non-members as the never-seen texts")
+    audit_attacks: str | None = setting(
+        None, "the audit's attacks, a comma list (see `unlearnlm audit --help`); null: all")
+    audit_el: bool = setting(True, "score EL10 in the audit (its costliest score)")
 
     def check(self) -> None:
         from unlearnlm.evaluate.suite import resolve_tasks
@@ -136,6 +147,8 @@ class BenchSettings(Settings):
         resolve_tasks(self.tasks)
         for method in self.methods:  # the loop's own checks, before any work
             self.unlearn_settings(method)
+        if self.audit:  # the attack names, checked before any work
+            self.audit_settings("leaky", "leaky", {"pool": "pool.jsonl"})
 
     def unlearn_settings(self, method: str) -> Any:
         """The loop's settings of one method (every method gets the same ones)."""
@@ -149,6 +162,18 @@ class BenchSettings(Settings):
             prefix_tokens=self.prefix_tokens, suffix_tokens=self.suffix_tokens,
             el_every_epoch=self.el_every_epoch, guard_ppl_factor=self.guard_ppl_factor,
             overwrite=True, quick_check=False)  # the bench evaluates (and audits) every model
+
+    def audit_settings(self, model: str, name: str, files: dict[str, str] | None = None) -> Any:
+        """The audit's settings of one model (every method gets the same ones)."""
+        from unlearnlm.audit.settings import AuditSettings
+
+        files = files or {}
+        return AuditSettings(
+            model=model, forget=files.get("forget", ""), related=files.get("pool"),
+            nonmember=files.get("nonmember"), nonmember_limit=None, attacks=self.audit_attacks,
+            el=self.audit_el, prefix_tokens=self.prefix_tokens,
+            suffix_tokens=self.suffix_tokens, seed=self.seed, out=str(Path(self.out) / "audit"
+                                                                      / name), overwrite=True)
 
 
 # --- step 1: data ------------------------------------------------------------------------------
@@ -357,6 +382,53 @@ def evaluate_model(name: str, model_dir: Path, s: BenchSettings,
     return result
 
 
+# --- step 4b: the audit ---------------------------------------------------------------------
+
+
+def audit_models(s: BenchSettings, leaky: Path, files: dict[str, str], out: Path) -> dict:
+    """The audit of every method's model against the leaky one (module docstring, step 4);
+    an earlier audit with the same settings is reused. Returns audit.json's data per method."""
+    from unlearnlm.audit.run import audit_model, audit_record, read_inputs
+    from unlearnlm.lm.interface import LM
+    from unlearnlm.report.audit import write_audit_report
+    from unlearnlm.rundir import write_json
+
+    def attacked(name: str, model: Path) -> tuple[dict, dict, dict]:
+        a = s.audit_settings(str(model), name, files)
+        stamp = {k: v for k, v in a.to_dict().items() if k != "out"}
+        path = out / name / ("scores.json" if name == "leaky" else "audit.json")
+        if path.is_file():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if saved.get("stamp") == stamp:
+                log.info("  %s: reusing %s", name, path)
+                return saved, a, stamp
+        log.info("  %s: attacking %s", name, model)
+        inputs = read_inputs(a)
+        lm = LM.load(str(model))
+        results, details = audit_model(lm, inputs, a, name)
+        del lm
+        gc.collect()
+        return {"results": results, "details": details, "inputs": inputs}, a, stamp
+
+    leaky_scores, a, stamp = attacked("leaky", leaky)
+    if "inputs" in leaky_scores:
+        leaky_scores.pop("inputs")
+        write_json(out / "leaky" / "scores.json", {**leaky_scores, "stamp": stamp})
+    audits = {}
+    for name in s.methods:
+        found, a, stamp = attacked(name, out.parent / "methods" / name)
+        if "inputs" in found:
+            found = audit_record(
+                dataclasses.replace(a, original=str(leaky)), found["inputs"],
+                {"unlearned": found["results"], "original": leaky_scores["results"]},
+                {"unlearned": found["details"], "original": leaky_scores["details"]})
+            found["stamp"] = stamp
+            write_json(out / name / "audit.json", found)
+            write_audit_report(found, out / name)
+        audits[name] = found
+    return audits
+
+
 # --- the whole bench ---------------------------------------------------------------------------
 
 
@@ -407,8 +479,12 @@ def run_bench(settings: BenchSettings | None = None) -> dict:
             **{name: out / "methods" / name for name in s.methods}}
     evals = {name: evaluate_model(name, path, s, data, out / "eval" / name)
              for name, path in dirs.items()}
+    audits = None
+    if s.audit:
+        log.info("Step 4/5  The audit: every method's model, attacked, against the leaky one")
+        audits = audit_models(s, leaky_dir, files, out / "audit")
 
     log.info("Step 5/5  Results")
-    results = write_results_files(out, s, data, models, runs, evals)
+    results = write_results_files(out, s, data, models, runs, evals, audits)
     log.info("Bench done in %.0f s", time.perf_counter() - start)
     return results
