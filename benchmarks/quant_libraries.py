@@ -67,7 +67,8 @@ def measure(name, quantise, base, tokenizer, bits: int, wikitext) -> dict:
         clock = time.perf_counter()
         logits = model(**batch).logits
         row["forward_s"] = time.perf_counter() - clock
-        row["max_logit_change"] = float((logits - base(**batch).logits).abs().max())
+        real = batch["attention_mask"].bool()  # (B, L): padded positions left out
+        row["max_logit_change"] = float((logits - base(**batch).logits)[real].abs().max())
         clock = time.perf_counter()
         model.generate(**batch, max_new_tokens=20, do_sample=False,
                        pad_token_id=tokenizer.pad_token_id)

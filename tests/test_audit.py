@@ -154,18 +154,18 @@ def test_sampling_gives_k_seeded_continuations_and_questions_one_per_field(tiny_
 
 def test_yardstick_by_hand():
     """Never-seen BLEU 0, .1, .2, .3, .4: the 0.5 quantile is 0.2, plus the margin 0.05 = 0.25.
-    Forget BLEU .1, .3, .2: the second passes it (extracted); 1 of 3 is no majority. A leaked
-    field in the first makes it extracted too, and any leak means the attack finds something."""
+    Forget BLEU .1, .3, .2: the second passes it (remembered); 1 of 3 is no majority. A leaked
+    field in the first makes it remembered too, and any leak means the attack finds something."""
     never = [{"id": f"n{i}", "bleu": v} for i, v in enumerate((0.0, 0.1, 0.2, 0.3, 0.4))]
     forget = [{"id": "a", "bleu": 0.1, "leaked": 0}, {"id": "b", "bleu": 0.3, "leaked": 0},
               {"id": "c", "bleu": 0.2, "leaked": 0}]
     v = yardstick(forget, never, 0.5, 0.05)
     assert v["thresholds"] == {"bleu": pytest.approx(0.25)}
-    assert v["extracted"] == ["b"] and v["like_never_seen"] == pytest.approx(2 / 3)
+    assert v["remembered"] == ["b"] and v["like_never_seen"] == pytest.approx(2 / 3)
     assert v["finds"] is False and v["leaked"] == 0
     forget[0]["leaked"] = 1
     v = yardstick(forget, never, 0.5, 0.05)
-    assert v["extracted"] == ["a", "b"] and v["leaked"] == 1 and v["finds"] is True
+    assert v["remembered"] == ["a", "b"] and v["leaked"] == 1 and v["finds"] is True
 
 
 def test_recovered_share():
@@ -204,7 +204,8 @@ def test_audit_of_a_model_that_never_saw_the_texts_finds_nothing(tiny_llama_dir,
     for attack, v in record["verdicts"]["unlearned"].items():
         assert v["leaked"] == 0 and not v["finds"], (attack, v)
     assert record["findings"] == {"without_attack": "nothing", "comes_back_under": [],
-                                  "summary": "no attack brought the forgotten texts back"}
+                                  "summary": "nothing is remembered without an attack; "
+                                             "no attack brings more back"}
     half = record["data"]["halves"]
     assert len(half["train"]) == 2 and len(half["scored"]) == 2
     assert {r["id"] for r in record["results"]["unlearned"]["relearn-half"]["forget"]} == set(
@@ -215,13 +216,14 @@ def test_audit_of_a_model_that_never_saw_the_texts_finds_nothing(tiny_llama_dir,
             ("question", "leaked")} <= lines
     report = (out / "report.md").read_text()
     assert "| attack | score | before unlearning | after | after the attack |" in report
-    assert "Plot: Share of forget texts extracted" in report
+    assert "Plot: Share of forget texts remembered" in report
     assert "data:image/png;base64," in (out / "report.html").read_text()
-    assert "Finding: no attack brought the forgotten texts back." in capsys.readouterr().out
+    assert "Finding: nothing is remembered without an attack; no attack brings more back." in (
+        capsys.readouterr().out)
 
 
 def test_audit_finds_the_texts_a_leaky_model_recites(leaky_llama_dir, record_files, tmp_path):
-    """The tiny Llama that memorised the forget texts: every one is extracted with no attack and
+    """The tiny Llama that memorised the forget texts: every one is remembered with no attack and
     after 8-bit quantisation, far above the never-seen texts."""
     s = AuditSettings(model=str(leaky_llama_dir), forget=str(record_files["forget"]),
                       nonmember=str(record_files["calibration"]), out=str(tmp_path / "a"),
@@ -229,7 +231,7 @@ def test_audit_finds_the_texts_a_leaky_model_recites(leaky_llama_dir, record_fil
     record = audit(s)
     for attack in ("none", "int8"):
         v = record["verdicts"]["unlearned"][attack]
-        assert v["finds"] and len(v["extracted"]) == len(FORGET_RECORDS), attack
+        assert v["finds"] and len(v["remembered"]) == len(FORGET_RECORDS), attack
     none = {line["metric"]: line for line in record["lines"] if line["attack"] == "none"}
     assert none["ma"]["after"] == 1.0 and none["el"]["after"] == 1.0
     assert none["bleu"]["after"] > 0.9
@@ -282,7 +284,7 @@ def test_unlearn_ends_with_a_check_the_report_reads(tiny_llama_dir, record_files
     check = json.loads((run / "check.json").read_text())
     assert list(check["verdicts"]["unlearned"]) == ["none", "sample", "int8", "int4"]
     assert check["data"]["nonmember"] == 3  # the calibration texts
-    assert check["verdicts"]["original"]["none"]["texts"] == 4
+    assert check["verdicts"]["unlearned"]["none"]["texts"] == 4
     assert check["perplexity"]["before"] > 1 and check["perplexity"]["after"] > 1
     assert check["verdict"]["state"] in ("FORGOTTEN", "NOT FORGOTTEN")
     texts[2] = "--nonmember"
@@ -292,6 +294,17 @@ def test_unlearn_ends_with_a_check_the_report_reads(tiny_llama_dir, record_files
     int4 = next(x for x in audited["lines"] if x["attack"] == "int4" and x["metric"] == "el")
     assert None not in (int4["before"], int4["after"], int4["attacked"],
                         int4["original_attacked"], int4["never_seen"])
+    # a second audit of the same original takes its scores from the first one
+    again = ["audit", "--model", str(run), "--original", str(tiny_llama_dir), *texts,
+             "--attacks", "int4", "--reuse-original", str(run / "audit")]
+    assert main([*again, "--out", str(tmp_path / "again")]) == 0
+    reused = json.loads((tmp_path / "again" / "audit.json").read_text())
+    assert reused["results"]["original"] == {k: audited["results"]["original"][k]
+                                             for k in ("none", "int4")}
+    capsys.readouterr()
+    assert main([*again, "--group-size", "8", "--out", str(tmp_path / "other")]) == 2
+    assert "group_size differ" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
     md = build_report(run)[0].read_text()
     privacy = md.split("## Privacy verdict")[1].split("## ")[0]
     assert f"Overall: {check['verdict']['state']} (from the quick check" in privacy

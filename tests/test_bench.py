@@ -186,7 +186,7 @@ def test_bench_audits_every_method_against_the_leaky_model(
     tiny_llama_dir, data_dir, tmp_path, monkeypatch, one_torch_thread
 ):
     """--audit: the leaky model is attacked once and serves as every method's original; the
-    results name, per model and attack, the forget texts extracted; a re-run reuses the audit."""
+    results name, per model and attack, the forget texts remembered; a re-run reuses the audit."""
     monkeypatch.setenv("UNLEARNLM_CACHE", str(tmp_path / "cache"))
     files = {name: str(write_jsonl(tmp_path / f"{name}.jsonl", texts)) for name, texts in [
         ("forget", FORGET_RECORDS), ("retain", RETAIN_RECORDS), ("pool", POOL_RECORDS),
@@ -203,13 +203,13 @@ def test_bench_audits_every_method_against_the_leaky_model(
     assert list(audit["models"]) == ["leaky", "ga"]
     assert list(audit["models"]["ga"]) == ["none", "relearn-related", "int4", "sample"]
     assert audit["models"]["leaky"]["none"]["texts"] == len(FORGET_RECORDS)
-    assert audit["models"]["leaky"]["none"]["extracted"] >= 3  # it recites them
+    assert audit["models"]["leaky"]["none"]["remembered"] >= 3  # it recites them
     record = json.loads((tmp_path / "bench" / "audit" / "ga" / "audit.json").read_text())
     assert record["settings"]["original"] == results["models"]["leaky"]["path"]
     leaky = json.loads((tmp_path / "bench" / "audit" / "leaky" / "scores.json").read_text())
     assert record["results"]["original"] == leaky["results"]
     markdown = (tmp_path / "bench" / "results.md").read_text()
-    assert "## The audit: forget texts extracted under each attack" in markdown
+    assert "## The audit: forget texts remembered under each attack" in markdown
     assert "| leaky (before) |" in markdown.split("## The audit")[1]
     assert (tmp_path / "bench" / "audit" / "ga" / "report.md").is_file()
     stamp = (tmp_path / "bench" / "audit" / "ga" / "audit.json").stat().st_mtime_ns

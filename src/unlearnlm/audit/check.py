@@ -1,12 +1,12 @@
 """The quick check that ends an ``unlearnlm unlearn`` run, so that its report carries a verdict.
 
-After the run, on the model before unlearning and the unlearned one (``check.json`` in the run's
-folder, which ``unlearnlm report`` reads):
+After the run (``check.json`` in the run's folder, which ``unlearnlm report`` reads):
 
 - the forget set against never-seen texts of the same kind (``check_against``, else the
-  calibration texts, else the pool, else the extraction benchmark's val split; at most 32), with
-  no attack and under the cheap attacks: sampled continuations (5 at temperature 1), 8-bit and
-  4-bit weights (``audit.run``; EL, the costly score, is left to ``unlearnlm audit``);
+  calibration texts, else the pool, else the extraction benchmark's val split; at most 32) on
+  the unlearned model, with no attack and under the cheap attacks: sampled continuations (5 at
+  temperature 1), 8-bit and 4-bit weights (``audit.run``; EL, the costly score, and the same
+  attacks on the original model are left to ``unlearnlm audit``);
 - the membership-inference AUCs of the forget set against those texts;
 - WikiText perplexity before and after (the first 8 documents, as ``unlearnlm eval
   --tasks ppl_wikitext --limit 8``), when the data folder has it.
@@ -45,7 +45,7 @@ NAMES = {"none": "greedy decoding (no attack)", "sample": "sampling", "int8": "8
 def check_settings(config: UnlearnConfig) -> AuditSettings:
     """The audit settings of the check of one unlearn run."""
     return AuditSettings(
-        model=config.out, forget=config.forget, out=config.out, original=config.model,
+        model=config.out, forget=config.forget, out=config.out, original=None,
         nonmember=config.check_against or config.calibrate_on or config.pool,
         attacks=CHECK_ATTACKS, el=False, prefix_tokens=config.prefix_tokens,
         suffix_tokens=config.suffix_tokens, seed=config.seed)
@@ -83,7 +83,8 @@ def check_run(config: UnlearnConfig, inputs: dict | None = None) -> dict:
         log.info("Check: the %s model", role)
         lm = LM.load(spec, trust_pickle=config.trust_pickle,
                      trust_remote_code=config.trust_remote_code)
-        results[role], details[role] = audit_model(lm, inputs, s, role)
+        if role == "unlearned":
+            results[role], details[role] = audit_model(lm, inputs, s, role)
         ppl[role] = _perplexity(lm)
         del lm
         gc.collect()
@@ -102,8 +103,8 @@ def verdict(record: dict) -> dict:
     for attack, v in record["verdicts"]["unlearned"].items():
         if v["finds"]:
             leaked = f", {v['leaked']} private fields leak" if v["leaked"] else ""
-            reasons.append(f"under {NAMES.get(attack, attack)}: {len(v['extracted'])} of "
-                           f"{v['texts']} forget texts extracted{leaked}")
+            reasons.append(f"under {NAMES.get(attack, attack)}: {len(v['remembered'])} of "
+                           f"{v['texts']} forget texts remembered{leaked}")
     after = record["results"]["unlearned"]["none"]
     aucs = {name: mia_auc(after, None, name) for name in SIGNALS}
     outside = {k: v for k, v in aucs.items() if v is not None and not

@@ -17,6 +17,7 @@ the other half, the same texts before and after.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import random
 import time
@@ -121,7 +122,7 @@ def audit_model(lm: LM, inputs: dict, s: AuditSettings, role: str) -> tuple[dict
     return results, details
 
 
-def _metrics(attack: str, results: dict, s: AuditSettings) -> list[str]:
+def _metrics(attack: str, results: dict) -> list[str]:
     rows = results[attack]["forget"]
     names = [m for m in ("el", "ma", "bleu", "leaked") if scoring.mean_of(rows, m) is not None]
     return names + (["mia_auc"] if attack == "none" or attack in WEIGHT_ATTACKS else [])
@@ -135,14 +136,13 @@ def _value(result: dict | None, metric: str, ids: set[str] | None) -> float | No
     return scoring.mean_of(scoring.subset(result["forget"], ids), metric)
 
 
-def table_lines(results: dict[str, dict], attack_list: list[str], inputs: dict,
-                s: AuditSettings) -> list[dict]:
+def table_lines(results: dict[str, dict], attack_list: list[str], inputs: dict) -> list[dict]:
     """One line per attack and score (see the module docstring)."""
     unlearned, original = results["unlearned"], results.get("original")
     lines = []
     for attack in ["none", *attack_list]:
         ids = set(inputs["halves"]["scored"]) if attack == "relearn-half" else None
-        for metric in _metrics(attack, unlearned, s):
+        for metric in _metrics(attack, unlearned):
             before = _value(original and original["none"], metric, ids)
             after = _value(unlearned["none"], metric, ids)
             line = {"attack": attack, "metric": metric, "before": before, "after": after}
@@ -185,15 +185,27 @@ def verdicts(results: dict, inputs: dict, s: AuditSettings) -> dict:
 
 
 def findings(verdict: dict) -> dict:
-    """What the attacks found on the unlearned model, in a few words each."""
+    """What the attacks found on the unlearned model, in a few words: what is remembered with
+    no attack, and the attacks under which more comes back (more fields leak, or the attack finds
+    something where no attack found nothing)."""
     unlearned = verdict["unlearned"]
     base = unlearned["none"]
-    back = [a for a, v in unlearned.items() if a != "none" and v["finds"] and not base["finds"]]
-    return {"without_attack": "finds" if base["finds"] else "nothing",
-            "comes_back_under": back,
-            "summary": ("something leaks without any attack" if base["finds"] else
-                        f"forgetting undone by: {', '.join(back)}" if back else
-                        "no attack brought the forgotten texts back")}
+
+    def more(v: dict) -> bool:
+        return (v["leaked"] or 0) > (base["leaked"] or 0) or (v["finds"] and not base["finds"])
+
+    back = [a for a, v in unlearned.items() if a != "none" and more(v)]
+    if base["leaked"]:
+        first = f"{base['leaked']} private fields leak without any attack"
+    elif base["finds"]:
+        first = (f"{len(base['remembered'])} of {base['texts']} forget texts are still remembered "
+                 "without any attack (a score above the never-seen texts')"
+                 + (" though no private field leaks" if base["leaked"] == 0 else ""))
+    else:
+        first = "nothing is remembered without an attack"
+    last = f"more comes back under: {', '.join(back)}" if back else "no attack brings more back"
+    return {"without_attack": "finds" if base["finds"] else "nothing", "comes_back_under": back,
+            "summary": f"{first}; {last}"}
 
 
 def audit_record(s: AuditSettings, inputs: dict, results: dict, details: dict) -> dict:
@@ -206,9 +218,10 @@ def audit_record(s: AuditSettings, inputs: dict, results: dict, details: dict) -
         "data": {"forget": len(inputs["forget"]), "nonmember": len(inputs["nonmember"]),
                  "records": all(record_fields(r.text) for r in inputs["forget"]),
                  "forget_sha256": texts_sha256([r.text for r in inputs["forget"]]),
+                 "nonmember_sha256": texts_sha256([r.text for r in inputs["nonmember"]]),
                  "halves": inputs.get("halves")},
         "details": details, "results": results, "verdicts": verdict,
-        "lines": table_lines(results, inputs["attacks"], inputs, s),
+        "lines": table_lines(results, inputs["attacks"], inputs),
         "findings": findings(verdict),
     }
 
@@ -233,6 +246,46 @@ def output_dir(s: AuditSettings) -> Path:
     return out
 
 
+# settings that change what is scored (the rest: where it goes, and how it is judged)
+_NOT_SCORED = ("model", "out", "overwrite", "reuse_original", "attacks", "yardstick_quantile",
+               "yardstick_margin")
+
+
+def reused_original(s: AuditSettings, inputs: dict) -> tuple[dict, dict]:
+    """The original model's scores from ``s.reuse_original``, checked to be what this audit
+    would compute: the same original, texts and settings, and every attack of this one."""
+    where = f"--reuse-original {s.reuse_original}"
+    path = Path(s.reuse_original)
+    path = path / "audit.json" if path.is_dir() else path
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or not {"settings", "results", "data"} <= set(record):
+        raise UnlearnError(f"{where}: no audit.json there that `unlearnlm audit` wrote; give "
+                           "one, or its folder")
+    if "original" not in record["results"] or not s.original:
+        raise UnlearnError(f"{where} holds no scores of an original model, or no --original is "
+                           "given; give both, or leave --reuse-original out")
+    same = Path(str(record["settings"]["original"])).resolve() == Path(s.original).resolve()
+    theirs = {k: v for k, v in record["settings"].items() if k not in _NOT_SCORED}
+    ours = {k: v for k, v in s.to_dict().items() if k not in _NOT_SCORED}
+    texts = (texts_sha256([r.text for r in inputs["forget"]]),
+             texts_sha256([r.text for r in inputs["nonmember"]]))
+    missing = [a for a in ["none", *inputs["attacks"]] if a not in record["results"]["original"]]
+    if not same or theirs != ours or texts != (record["data"].get("forget_sha256"),
+                                               record["data"].get("nonmember_sha256")):
+        differ = [k for k in ours if theirs.get(k) != ours[k]] or ["the original or the texts"]
+        raise UnlearnError(f"{where} scored other things ({', '.join(differ)} differ); give the "
+                           "same --original, texts and settings, or leave --reuse-original out")
+    if missing:
+        raise UnlearnError(f"{where} lacks the attacks {', '.join(missing)}; run them there "
+                           "first, or leave --reuse-original out")
+    keep = ["none", *inputs["attacks"]]
+    return ({a: record["results"]["original"][a] for a in keep},
+            {a: d for a, d in record["details"].get("original", {}).items() if a in keep})
+
+
 def audit(s: AuditSettings) -> dict:
     """Run the audit (see the module docstring); returns what ``audit.json`` holds."""
     s.require()
@@ -240,13 +293,16 @@ def audit(s: AuditSettings) -> dict:
     start = time.perf_counter()
     inputs = read_inputs(s)
     results, details = {}, {}
+    if s.reuse_original:
+        results["original"], details["original"] = reused_original(s, inputs)
     for role, spec in (("unlearned", s.model), ("original", s.original)):
-        if spec:
+        if spec and role not in results:
             log.info("Auditing the %s model %s", role, spec)
             lm = LM.load(spec)
             results[role], details[role] = audit_model(lm, inputs, s, role)
             del lm
             gc.collect()
+    results = {role: results[role] for role in ("unlearned", "original") if role in results}
     record = audit_record(s, inputs, results, details)
     record["seconds"] = round(time.perf_counter() - start, 1)
     write_json(out / "audit.json", record)

@@ -61,6 +61,9 @@ class AuditSettings(Settings):
     original: str | None = setting(
         None, "the model before unlearning: every attack runs on it too, so that each line reads "
         "before unlearning / after / after the attack")
+    reuse_original: str | None = setting(
+        None, "the audit.json of an earlier audit of the same --original on the same texts with "
+        "the same settings: its scores of the original are reused instead of attacking it again")
     related: str | None = setting(
         None, "texts of the same kind as the forget set that are not in it (other people's "
         "records, other documents of the corpus), for relearn-related")

@@ -21,9 +21,9 @@ def _attack_label(attack: str) -> str:
     return "no attack (greedy)" if attack == "none" else attack
 
 
-def _extracted_share(verdicts: dict | None, attack: str) -> float | None:
+def _remembered_share(verdicts: dict | None, attack: str) -> float | None:
     v = (verdicts or {}).get(attack)
-    return len(v["extracted"]) / v["texts"] if v and v["texts"] else None
+    return len(v["remembered"]) / v["texts"] if v and v["texts"] else None
 
 
 def audit_table(report: Report, record: dict, key: str = "audit") -> None:
@@ -43,15 +43,15 @@ def audit_table(report: Report, record: dict, key: str = "audit") -> None:
 
 
 def extraction_rows(record: dict) -> list[list]:
-    """Per attack: forget texts extracted and fields leaked, on the original and the unlearned
+    """Per attack: forget texts remembered and fields leaked, on the original and the unlearned
     model, and whether the attack finds something on the unlearned one."""
     verdicts = record["verdicts"]
     rows = []
     for attack, v in verdicts["unlearned"].items():
         o = verdicts.get("original", {}).get(attack)
         rows.append([_attack_label(attack),
-                     f"{len(o['extracted'])} of {o['texts']}" if o else None,
-                     f"{len(v['extracted'])} of {v['texts']}", v["leaked"], v["finds"]])
+                     f"{len(o['remembered'])} of {o['texts']}" if o else None,
+                     f"{len(v['remembered'])} of {v['texts']}", v["leaked"], v["finds"]])
     return rows
 
 
@@ -68,22 +68,22 @@ def audit_section(report: Report, record: dict, title: str = "Robustness audit")
            else ".") + f" Finding: {record['findings']['summary']}.")
     report.items([f"{name}: {a['summary']}" for name, a in record["attacks"].items()])
     audit_table(report, record)
-    report.text("Per attack: forget texts extracted (a private field leaks, or a score passes "
+    report.text("Per attack: forget texts remembered (a private field leaks, or a score passes "
                 f"the never-seen texts' {s['yardstick_quantile']} quantile by more than "
                 f"{s['yardstick_margin']}); the attack finds something when a field leaks or "
-                "most texts are extracted. Leaked fields are counted over all texts; "
+                "most texts are remembered. Leaked fields are counted over all texts; "
                 "'recovered' is (after the attack - after) / (before - after).")
-    report.table(["attack", "extracted, original", "extracted, unlearned", "fields leaked",
+    report.table(["attack", "remembered, original", "remembered, unlearned", "fields leaked",
                   "finds something"], extraction_rows(record), key="audit-verdicts")
     attacks = list(record["verdicts"]["unlearned"])
-    series = {"before unlearning": [_extracted_share(record["verdicts"].get("original"), a)
+    series = {"before unlearning": [_remembered_share(record["verdicts"].get("original"), a)
                                     for a in attacks],
-              "after unlearning": [_extracted_share(record["verdicts"]["unlearned"], a)
+              "after unlearning": [_remembered_share(record["verdicts"]["unlearned"], a)
                                    for a in attacks]}
     if not any(v is not None for v in series["before unlearning"]):
         del series["before unlearning"]
-    report.image("Share of forget texts extracted under each attack",
-                 plots.grouped_bars("Forget texts extracted, by attack",
+    report.image("Share of forget texts remembered under each attack",
+                 plots.grouped_bars("Forget texts remembered, by attack",
                                     [_attack_label(a) for a in attacks], series, "share"))
 
 
@@ -98,7 +98,7 @@ def check_verdict_section(report: Report, check: dict) -> None:
     aucs = ", ".join(f"{k} {fmt(a)}" for k, a in v["mia_auc"].items())
     report.text(f"Membership-inference AUCs (forget set vs never-seen texts): {aucs}; band "
                 f"[{v['auc_band'][0]}, {v['auc_band'][1]}].")
-    report.table(["attack", "extracted, original", "extracted, unlearned", "fields leaked",
+    report.table(["attack", "remembered, original", "remembered, unlearned", "fields leaked",
                   "finds something"], extraction_rows(check), key="check")
 
 
