@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from unlearnlm.audit.settings import AuditSettings
 from unlearnlm.bench.runner import BenchSettings
@@ -189,7 +190,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from unlearnlm.bench.results import table_markdown
     from unlearnlm.bench.runner import run_bench
 
-    results = run_bench(settings_from_args(BenchSettings, args))
+    s = settings_from_args(BenchSettings, args)
+    results = run_bench(s)
+    if s.audit:  # each method's audit as a report of its own, beside its audit.json
+        from unlearnlm.report.audit import write_audit_report
+
+        for name in s.methods:
+            folder = Path(s.out) / "audit" / name
+            write_audit_report(json.loads((folder / "audit.json").read_text()), folder)
     print(table_markdown(results["rows"]))
     print()
     for claim in results["claims"]:

@@ -390,7 +390,6 @@ def audit_models(s: BenchSettings, leaky: Path, files: dict[str, str], out: Path
     an earlier audit with the same settings is reused. Returns audit.json's data per method."""
     from unlearnlm.audit.run import audit_model, audit_record, read_inputs
     from unlearnlm.lm.interface import LM
-    from unlearnlm.report.audit import write_audit_report
     from unlearnlm.rundir import write_json
 
     def attacked(name: str, model: Path) -> tuple[dict, dict, dict]:
@@ -424,7 +423,6 @@ def audit_models(s: BenchSettings, leaky: Path, files: dict[str, str], out: Path
                 {"unlearned": found["details"], "original": leaky_scores["details"]})
             found["stamp"] = stamp
             write_json(out / name / "audit.json", found)
-            write_audit_report(found, out / name)
         audits[name] = found
     return audits
 
