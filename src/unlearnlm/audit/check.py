@@ -47,8 +47,17 @@ def check_settings(config: UnlearnConfig) -> AuditSettings:
     return AuditSettings(
         model=config.out, forget=config.forget, out=config.out, original=None,
         nonmember=config.check_against or config.calibrate_on or config.pool,
-        attacks=CHECK_ATTACKS, el=False, prefix_tokens=config.prefix_tokens,
-        suffix_tokens=config.suffix_tokens, seed=config.seed)
+        attacks=CHECK_ATTACKS, el=False, seed=config.seed, **_split_of(config))
+
+
+def _split_of(config: UnlearnConfig) -> dict:
+    """Where the check cuts each plain text: after the run's short opening for methods that
+    unlearn the whole text after it (relabel), else the run's prefix/suffix window."""
+    from unlearnlm.methods.losses import METHODS
+
+    if METHODS[config.method].split == "opening":
+        return {"prefix_tokens": config.opening_tokens, "suffix_tokens": None}
+    return {"prefix_tokens": config.prefix_tokens, "suffix_tokens": config.suffix_tokens}
 
 
 def prepare_check(config: UnlearnConfig) -> dict:
