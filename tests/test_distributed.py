@@ -20,7 +20,7 @@ from unlearnlm import unlearn
 from unlearnlm.data.batches import collate
 from unlearnlm.methods.losses import combined_loss
 from unlearnlm.train.checkpoint import CHECKPOINT, partial_dir
-from unlearnlm.train.distributed import shard_batches
+from unlearnlm.train.distributed import relaunch_command, shard_batches
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -83,10 +83,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-            "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(_free_port()), "-m", "unlearnlm", "-q", "unlearn", *args]
+def _launch(args: list[str], multi_gpu: bool = True) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch",
+            *(["--multi_gpu"] if multi_gpu else []), "--num_processes", "2", "--num_machines",
+            "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+            str(_free_port()), "-m", "unlearnlm", "-q", "unlearn", *args]
+
+
+LAUNCHED = {"ACCELERATE_MIXED_PRECISION": "no", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "2345"}
+
+
+@pytest.mark.parametrize("launcher", [
+    ["accelerate", "launch", "--num_processes", "3", "-m", "unlearnlm", "unlearn"],
+    ["python", "-m", "accelerate.commands.launch", "--num_processes=3", "-m", "unlearnlm"],
+])
+def test_the_processes_accelerate_did_not_start_are_started(launcher):
+    """accelerate's simple launcher (no GPUs, no --multi_gpu) ran one process for 3: the command
+    starts 3 through the multi-process launcher, same port and precision, same arguments."""
+    command = relaunch_command(LAUNCHED, launcher, 0, ["-q", "unlearn", "--model", "m"])
+    assert command[1:4] == ["-m", "accelerate.commands.launch", "--multi_gpu"]
+    flags = dict(zip(command[4:14:2], command[5:14:2]))
+    assert flags == {"--num_processes": "3", "--num_machines": "1", "--mixed_precision": "no",
+                     "--dynamo_backend": "no", "--main_process_port": "2345"}
+    assert command[14:] == ["-m", "unlearnlm", "-q", "unlearn", "--model", "m"]
+
+
+@pytest.mark.parametrize("environ, launcher, gpus", [
+    ({**LAUNCHED, "WORLD_SIZE": "2", "RANK": "0"}, ["accelerate", "launch", "--num_processes",
+                                                    "2"], 0),  # already one of the processes
+    (LAUNCHED, ["accelerate", "launch", "--num_processes", "1"], 0),  # one was asked for
+    (LAUNCHED, ["accelerate", "launch", "--num_processes", "2"], 2),  # GPUs: accelerate's job
+    ({"MASTER_ADDR": "127.0.0.1"}, ["torchrun", "--num_processes", "2"], 0),  # not accelerate
+    ({k: v for k, v in LAUNCHED.items() if k != "MASTER_ADDR"},
+     ["accelerate", "launch", "x.py"], 0),  # plain `accelerate launch`: one process asked for
+])
+def test_nothing_is_relaunched_when_nothing_is_missing(environ, launcher, gpus):
+    assert relaunch_command(environ, launcher, gpus, ["unlearn"]) is None
 
 
 def _args(model, files, out) -> list[str]:
@@ -122,11 +154,13 @@ def _same_result(one, two) -> None:
 @pytest.mark.slow
 def test_two_processes_give_the_one_process_result(one_process, leaky_llama_dir, record_files,
                                                    tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2 -m unlearnlm unlearn` on the CPU: the
-    same samples dropped in the same epochs and order, the same losses, weights within 1e-4; one
-    process wrote the output (no checkpoint folder is left behind)."""
+    """`accelerate launch --num_processes 2 -m unlearnlm unlearn` on the CPU (no --multi_gpu:
+    the command line starts the second process): the same samples dropped in the same epochs
+    and order, the same losses, weights within 1e-4; one process wrote the output (no
+    checkpoint folder is left behind)."""
     out = tmp_path / "two"
-    done = subprocess.run(_launch(_args(leaky_llama_dir, record_files, out)), env=ENV,
+    launch = _launch(_args(leaky_llama_dir, record_files, out), multi_gpu=False)
+    done = subprocess.run(launch, env=ENV,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("Done after") == 1  # one process reports

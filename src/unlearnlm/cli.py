@@ -91,6 +91,25 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_missing_processes(argv: list[str]) -> int | None:
+    """Under ``accelerate launch --num_processes N`` on a machine without GPUs, accelerate starts
+    one process; start the N over gloo instead and return their exit status (None: nothing to
+    do, this process runs the command)."""
+    import subprocess
+
+    import torch
+
+    from unlearnlm.train.distributed import launcher_argv, relaunch_command
+
+    command = relaunch_command(os.environ, launcher_argv(), torch.cuda.device_count(), argv)
+    if command is None:
+        return None
+    logging.getLogger("unlearnlm").info(
+        "accelerate started 1 of the %s processes asked for (no GPUs and no --multi_gpu); "
+        "starting them on the CPU over gloo", command[command.index("--num_processes") + 1])
+    return subprocess.run(command, env=dict(os.environ)).returncode
+
+
 def _print_done(record: dict) -> None:
     stopped = record["stopped"]
     print(
@@ -243,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.quiet)
+    if args.func in (cmd_unlearn, cmd_finetune):
+        relaunched = _start_missing_processes(sys.argv[1:] if argv is None else argv)
+        if relaunched is not None:
+            return relaunched
     try:
         return args.func(args)
     except UnlearnError as exc:

@@ -15,11 +15,17 @@ Scoring. ``Split.map(score, items)`` gives process r the items r, r + N, ..., ga
 process's scores and puts them back in order, so every process sees all scores and makes the
 same drop decisions. When the weights are sharded (ZeRO-3, FSDP) every forward pass needs all
 processes in step, so each process scores every item instead (``Split(whole=True)``).
+
+Launching. On a machine without GPUs, ``accelerate launch --num_processes N`` without
+``--multi_gpu`` starts a single process (its simple launcher, meant for MPI). ``relaunch_command``
+recognises that case and gives the command that starts the N processes over gloo, which the
+command line then runs in place of the one process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -55,6 +61,53 @@ def shard_batches(parts: dict[str, dict], rank: int, processes: int) -> tuple[di
         share["rows_total"] = count / processes
         shares[kind] = share
     return shares, empty
+
+
+def _requested_processes(launcher_argv: Sequence[str]) -> int | None:
+    for i, token in enumerate(launcher_argv):
+        value = None
+        if token == "--num_processes" and i + 1 < len(launcher_argv):
+            value = launcher_argv[i + 1]
+        elif token.startswith("--num_processes="):
+            value = token.split("=", 1)[1]
+        if value is not None:
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def relaunch_command(environ: Mapping[str, str], launcher_argv: Sequence[str], gpus: int,
+                     argv: Sequence[str]) -> list[str] | None:
+    """The command that starts the processes ``accelerate launch`` was asked for but did not
+    start, or None when nothing is missing.
+
+    Accelerate's simple launcher (what it uses without ``--multi_gpu`` when fewer than two GPUs
+    are visible) runs the script once, sets ``MASTER_ADDR`` when more than one process was asked
+    for, and sets no ``WORLD_SIZE``; the number asked for is only on the launcher's own command
+    line (``launcher_argv``). The returned command is accelerate's multi-process launch (torch's
+    elastic launcher; gloo on the CPU) with the same precision and port, running ``unlearnlm``
+    with ``argv``; its processes carry ``WORLD_SIZE``, so they do not relaunch again."""
+    if gpus > 1 or "ACCELERATE_MIXED_PRECISION" not in environ or "MASTER_ADDR" not in environ:
+        return None
+    if any(name in environ for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK")):
+        return None
+    processes = _requested_processes(launcher_argv)
+    if processes is None or processes < 2:
+        return None
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+            "--num_processes", str(processes), "--num_machines", "1",
+            "--mixed_precision", environ["ACCELERATE_MIXED_PRECISION"],
+            "--dynamo_backend", "no", "--main_process_port", environ.get("MASTER_PORT", "29500"),
+            "-m", "unlearnlm", *argv]
+
+
+def launcher_argv() -> list[str]:
+    """The parent process's command line (the launcher's, under ``accelerate launch``)."""
+    import psutil
+
+    try:
+        return psutil.Process().parent().cmdline()
+    except (psutil.Error, AttributeError):
+        return []
 
 
 def mean_over_processes(values: dict[str, float], accelerator) -> dict[str, float]:
