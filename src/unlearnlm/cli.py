@@ -1,8 +1,9 @@
 """The ``unlearnlm`` command (see ``unlearnlm -h``).
 
-The flags of ``unlearn``, ``finetune``, ``eval``, ``audit``, ``bench`` and ``demo`` are made
-from the fields of their settings dataclass (``unlearnlm.settings``): ``lr`` is ``--lr``,
-``prefix_tokens`` is ``--prefix-tokens``, a boolean ``x`` is ``--x`` / ``--no-x``. Flags override
+The flags of ``unlearn``, ``finetune``, ``eval``, ``audit``, ``bench``, ``demo``, ``sisa train``
+and ``sisa forget`` are made from the fields of their settings dataclass
+(``unlearnlm.settings``): ``lr`` is ``--lr``, ``prefix_tokens`` is ``--prefix-tokens``, a
+boolean ``x`` is ``--x`` / ``--no-x``. Flags override
 ``--config FILE.yaml``, which overrides the defaults. Bad input exits with status 2 and one line
 on stderr.
 """
@@ -22,6 +23,7 @@ from unlearnlm.demo import DemoSettings
 from unlearnlm.errors import UnlearnError
 from unlearnlm.evaluate.settings import EvalSettings
 from unlearnlm.settings import FinetuneSettings, UnlearnConfig, add_flags, settings_from_args
+from unlearnlm.train.sisa import SisaForgetSettings, SisaTrainSettings
 
 log = logging.getLogger("unlearnlm")
 
@@ -73,6 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
                            "set, unlearn it with every method, evaluate all, tabulate")
     add_flags(bench, BenchSettings)
     bench.set_defaults(func=cmd_bench)
+
+    sisa = sub.add_parser("sisa", help="SISA: one LoRA adapter per shard of the training texts; "
+                          "forgetting retrains only the shards that held the texts")
+    sisa_sub = sisa.add_subparsers(dest="sisa_command", required=True)
+    train = sisa_sub.add_parser("train", help="train every shard's adapter, with a checkpoint "
+                                "after each slice")
+    add_flags(train, SisaTrainSettings)
+    train.set_defaults(func=cmd_sisa_train)
+    forget = sisa_sub.add_parser("forget", help="a new SISA folder without some texts: the "
+                                 "shards that held them retrain from the slice before")
+    forget.add_argument("sisa_dir", nargs="?", default=argparse.SUPPRESS, metavar="DIR",
+                        help="the SISA folder (the same as --sisa-dir)")
+    add_flags(forget, SisaForgetSettings)
+    forget.set_defaults(func=cmd_sisa_forget)
 
     methods = sub.add_parser("methods", help="list the methods and their loss weights")
     methods.set_defaults(func=cmd_methods)
@@ -222,6 +238,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for claim in results["claims"]:
         print(f"{claim['result']:11s} {claim['claim']} ({claim['measured']})")
     print("\nFiles: " + ", ".join(results["files"].values()))
+    return 0
+
+
+def cmd_sisa_train(args: argparse.Namespace) -> int:
+    from unlearnlm.train.sisa import sisa_train
+
+    s = settings_from_args(SisaTrainSettings, args)
+    record = sisa_train(s)
+    print(f"Trained {s.shards} shards of {s.slices} slices ({record['shard_sizes']} texts) in "
+          f"{record['seconds']:.0f} s. SISA folder: {s.out}")
+    return 0
+
+
+def cmd_sisa_forget(args: argparse.Namespace) -> int:
+    from unlearnlm.train.sisa import sisa_forget
+
+    s = settings_from_args(SisaForgetSettings, args)
+    deletion = sisa_forget(s)["deletions"][-1]
+    shards = ", ".join(f"shard {k} from slice {r}"
+                       for k, r in deletion["retrained_from_slice"].items())
+    print(f"Forgot {deletion['texts']} texts in {deletion['seconds']:.0f} s, retraining "
+          f"{shards}. SISA folder: {s.out}")
     return 0
 
 

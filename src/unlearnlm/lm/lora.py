@@ -10,6 +10,11 @@ returns a plain ``LM``: metrics, evaluation and generation treat it like any oth
 module with its adapters switched off (and in eval mode), under ``no_grad``. The unlearning loop
 uses it as the reference model of the KL, NPO and DPO terms.
 
+Several adapters on one frozen base (a SISA ensemble, ``train.sisa``): ``adapter_ensemble`` loads
+each adapter folder into one peft model under its own name and returns the ``EnsembleLM`` of
+``AdapterLM`` members, each computing with its own adapter switched on. The base weights sit in
+memory once, however many adapters there are.
+
 Saving (``lm.loading.save_model``) writes the adapters merged into the weights, or with
 ``merge=False`` the adapter alone (``adapter_config.json`` + ``adapter_model.safetensors``), which
 ``lm.loading.load_model`` reads back on top of the base model it names.
@@ -17,11 +22,14 @@ Saving (``lm.loading.save_model``) writes the adapters merged into the weights, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from unlearnlm.errors import UnlearnError
+from unlearnlm.lm.composite import EnsembleLM
 from unlearnlm.lm.interface import LM
 
 
@@ -90,3 +98,51 @@ class AdapterOff:
     def parameters(self):
         """None of its own: the reference shares every tensor with the policy."""
         return iter(())
+
+
+class AdapterLM(LM):
+    """One of the named adapters of a peft model that holds several: every forward pass (scores
+    and generation) runs with ``adapter`` switched on."""
+
+    def __init__(self, model, tokenizer, adapter: str) -> None:
+        if not is_adapted(model) or adapter not in getattr(model, "peft_config", {}):
+            raise UnlearnError(f"the model has no adapter named '{adapter}'")
+        super().__init__(model, tokenizer)
+        self.adapter = adapter
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        self.model.set_adapter(self.adapter)
+        return super().logits(input_ids, attention_mask)
+
+    def generate(self, prefixes: list[list[int]], max_new_tokens: int,
+                 **options: Any) -> list[list[int]]:
+        self.model.set_adapter(self.adapter)
+        return super().generate(prefixes, max_new_tokens, **options)
+
+    def greedy_to_the_end(self, sequences: list[list[int]], predictions: list[list[int]],
+                          jobs: list[tuple[int, int]], batch_size: int,
+                          ) -> dict[tuple[int, int], list[int]]:
+        self.model.set_adapter(self.adapter)
+        return super().greedy_to_the_end(sequences, predictions, jobs, batch_size)
+
+
+def adapter_ensemble(model, tokenizer, adapters: Mapping[str, str | Path]) -> EnsembleLM:
+    """The mean of the next-token distributions of ``model`` under each adapter (name -> an
+    adapter folder as ``save_pretrained`` writes it), all on the one ``model``, which becomes the
+    peft model holding them."""
+    from peft import PeftModel
+
+    if not adapters:
+        raise UnlearnError("an adapter ensemble needs at least one adapter folder")
+    names = list(adapters)
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapters[names[0]]),
+                                               adapter_name=names[0])
+        for name in names[1:]:
+            peft_model.load_adapter(str(adapters[name]), adapter_name=name)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnlearnError(f"cannot load the adapters into {type(model).__name__}: {first}") \
+            from exc
+    peft_model.eval()
+    return EnsembleLM([AdapterLM(peft_model, tokenizer, name) for name in names])

@@ -1,0 +1,207 @@
+"""SISA (``unlearnlm sisa train`` / ``forget``) on the tiny Llama: the split depends on each text
+alone, a deletion retrains exactly what a training from scratch without the texts produces and
+copies the other shards unchanged, and the ensemble decodes from the mean distribution."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import CALIBRATION_RECORDS, FORGET_RECORDS, LLAMA_CORPUS, POOL_RECORDS, write_jsonl
+from unlearnlm.cli import main
+from unlearnlm.data.texts import Record
+from unlearnlm.errors import UnlearnError
+from unlearnlm.lm.loading import load_model
+from unlearnlm.train.sisa import (
+    SisaForgetSettings,
+    SisaTrainSettings,
+    epoch_order,
+    place,
+    read_sisa,
+    sisa_ensemble,
+    sisa_forget,
+    sisa_train,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TEXTS = list(dict.fromkeys(LLAMA_CORPUS + FORGET_RECORDS + POOL_RECORDS + CALIBRATION_RECORDS))
+TRAIN = ["--shards", "2", "--slices", "2", "--epochs", "3", "--lr", "1e-2", "--batch-size", "2",
+         "--lora-rank", "2", "--seed", "5"]
+
+
+def _files(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` by its relative path, as the sha256 of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _adapter(folder: Path, shard: int, stage: int) -> dict[str, torch.Tensor]:
+    return load_file(folder / f"shard-{shard}" / f"slice-{stage}" / "adapter_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("sisa-data") / "train.jsonl", TEXTS)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_llama_dir, data) -> Path:
+    out = tmp_path_factory.mktemp("sisa") / "trained"
+    assert main(["sisa", "train", "--model", str(tiny_llama_dir), "--data", str(data),
+                 "--out", str(out), *TRAIN]) == 0
+    return out
+
+
+def test_a_texts_place_depends_on_that_text_alone():
+    """Dropping texts moves no other text: same shard, same slice, same relative order within
+    an epoch; the places cover every shard and slice and stay in range."""
+    records = [Record(f"r{i}", t) for i, t in enumerate(TEXTS)]
+    every = place(records, 3, 2, seed=0)
+    fewer = place(records[::2], 3, 2, seed=0)
+    where = {p.key: (p.shard, p.slice) for p in every}
+    assert all(where[p.key] == (p.shard, p.slice) for p in fewer)
+    assert {(p.shard, p.slice) for p in every} == {(k, r) for k in range(3) for r in (1, 2)}
+    order = [p.key for p in epoch_order(every, 0, 0, 1, 1)]
+    assert [p.key for p in epoch_order(fewer, 0, 0, 1, 1)] == [k for k in order
+                                                              if k in {p.key for p in fewer}]
+    assert order != [p.key for p in epoch_order(every, 0, 0, 1, 2)]  # each epoch reshuffles
+    assert place(records, 3, 2, seed=1) != every  # the seed decides the split
+
+
+def test_forgetting_retrains_exactly_what_training_without_the_text_gives(
+        trained, tiny_llama_dir, data, tmp_path):
+    """Forget one text of slice 2: its shard's slice-0 and slice-1 checkpoints are copied, slice 2
+    retrains; the other shard is copied byte for byte; the input folder is untouched. Every
+    adapter equals the one ``sisa train`` makes from the data without that text, same seed."""
+    record, texts = read_sisa(trained)
+    assert record["shard_sizes"] == [sum(t.shard == k for t in texts) for k in (0, 1)]
+    victim = next(t for t in texts if t.slice == 2)
+    other = 1 - victim.shard
+    before = _files(trained)
+    forget = write_jsonl(tmp_path / "forget.jsonl", [victim.text])
+    out = tmp_path / "forgot"
+    assert main(["sisa", "forget", str(trained), "--forget", str(forget), "--out",
+                 str(out)]) == 0
+    assert _files(trained) == before
+
+    fewer = write_jsonl(tmp_path / "fewer.jsonl", [t for t in TEXTS if t != victim.text])
+    scratch = tmp_path / "scratch"
+    assert main(["sisa", "train", "--model", str(tiny_llama_dir), "--data", str(fewer),
+                 "--out", str(scratch), *TRAIN]) == 0
+
+    after = _files(out)
+    for name, digest in before.items():
+        if name.startswith(f"shard-{other}/") or name.startswith(f"shard-{victim.shard}/slice-0")\
+                or name.startswith(f"shard-{victim.shard}/slice-1"):
+            assert after[name] == digest, name
+    for shard in (0, 1):
+        for stage in (0, 1, 2):
+            mine, theirs = _adapter(out, shard, stage), _adapter(scratch, shard, stage)
+            assert mine.keys() == theirs.keys()
+            for key in mine:
+                assert torch.equal(mine[key], theirs[key]), (shard, key)
+    retrained, original = _adapter(out, victim.shard, 2), _adapter(trained, victim.shard, 2)
+    assert any(not torch.allclose(retrained[k], original[k]) for k in retrained)
+    trained_b = [k for k in original if "lora_B" in k]
+    assert any(original[k].abs().sum() > 0 for k in trained_b)  # training moved B off zero
+
+    new, left = read_sisa(out)
+    assert victim.key not in {t.key for t in left} and len(left) == len(texts) - 1
+    assert victim.text not in (out / "texts.jsonl").read_text()
+    assert new["deletions"][-1]["retrained_from_slice"] == {str(victim.shard): 2}
+    assert new["deletions"][-1]["ids"] == [victim.id]
+
+
+def test_the_ensemble_decodes_from_the_mean_of_its_shards_distributions(trained, tiny_llama_dir):
+    """Greedy decoding by hand: each shard's adapter merged into its own copy of the base model,
+    the next token the argmax of the mean of their probabilities. The ensemble's generation and
+    its teacher-forced log-probabilities agree with it, and differ from a single shard's."""
+    ensemble = sisa_ensemble(trained)
+    record, _ = read_sisa(trained)
+    shards = [load_model(str(trained / f"shard-{k}" / "slice-2"))[0].eval() for k in (0, 1)]
+    tokenizer = ensemble.tokenizer
+    prefixes = [tokenizer(t, add_special_tokens=False)["input_ids"][:4] for t in TEXTS[:3]]
+    by_hand = []
+    for prefix in prefixes:
+        ids = list(prefix)
+        for _ in range(6):
+            with torch.no_grad():
+                probs = [torch.softmax(m(input_ids=torch.tensor([ids])).logits[0, -1], -1)
+                         for m in shards]
+            ids.append(int(torch.stack(probs).mean(0).argmax()))
+        by_hand.append(ids[len(prefix):])
+    assert ensemble.generate(prefixes, 6) == by_hand
+
+    sequence = prefixes[0] + by_hand[0]
+    with torch.no_grad():
+        per_shard = [torch.log_softmax(m(input_ids=torch.tensor([sequence])).logits[0, :-1], -1)
+                     for m in shards]
+    wanted = torch.tensor(sequence[1:])[:, None]
+    mean = torch.stack([p.gather(-1, wanted).exp() for p in per_shard]).mean(0).log().squeeze(-1)
+    got = torch.tensor(ensemble.targets([sequence])[0].logprobs)
+    assert torch.allclose(got, mean, atol=1e-5)
+    assert not torch.allclose(got, per_shard[0].gather(-1, wanted).squeeze(-1), atol=1e-3)
+    assert record["settings"]["shards"] == len(ensemble.members) == 2
+
+
+def test_bad_input_is_one_line_and_writes_nothing(trained, tiny_llama_dir, data, tmp_path,
+                                                  capsys):
+    out = tmp_path / "out"
+    stranger = write_jsonl(tmp_path / "stranger.jsonl", ["A text nobody trained on."])
+    assert main(["sisa", "forget", str(trained), "--forget", str(stranger), "--out",
+                 str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "1 of the 1 forget texts" in err and "not training texts" in err
+    assert len(err.splitlines()) == 1
+    assert not out.exists()
+
+    with pytest.raises(UnlearnError, match="is not a SISA folder"):
+        sisa_forget(SisaForgetSettings(sisa_dir=str(data.parent), forget=str(stranger),
+                                       out=str(out)))
+    with pytest.raises(UnlearnError, match="overlaps the input"):
+        sisa_forget(SisaForgetSettings(sisa_dir=str(trained), forget=str(stranger),
+                                       out=str(trained / "inside")))
+    with pytest.raises(UnlearnError, match="gets none of the"):
+        sisa_train(SisaTrainSettings(model=str(tiny_llama_dir), data=str(data), out=str(out),
+                                     shards=40))
+    with pytest.raises(UnlearnError, match="shards must be positive"):
+        SisaTrainSettings(shards=0)
+    assert main(["sisa", "forget", str(trained), "--out", str(out)]) == 2
+    assert "--forget is required" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_the_record_says_what_trained(trained, data):
+    """sisa.json: the settings, each text's place (no text itself) and a time for every stage."""
+    record = json.loads((trained / "sisa.json").read_text())
+    assert record["settings"]["shards"] == 2 and record["settings"]["slices"] == 2
+    assert set(record["stages"]) == {"0/1", "0/2", "1/1", "1/2"}
+    assert all(seconds > 0 for seconds in record["stages"].values())
+    assert len(record["texts"]) == len(TEXTS)
+    assert not any(t in json.dumps(record) for t in TEXTS)
+    assert record["deletions"] == []
+
+
+def test_flags_come_from_the_settings_and_a_config_file(tmp_path):
+    """YAML under flags; the comma list; the folder positional or as --sisa-dir."""
+    from unlearnlm.cli import build_parser
+    from unlearnlm.settings import settings_from_args
+
+    config = tmp_path / "sisa.yaml"
+    config.write_text("shards: 3\nlora-rank: 4\nepochs: 2\n")
+    args = build_parser().parse_args([
+        "sisa", "train", "--config", str(config), "--model", "m", "--data", "d.jsonl", "--out",
+        "o", "--lora-rank", "2", "--lora-target-modules", "q_proj,v_proj", "--cpu"])
+    s = settings_from_args(SisaTrainSettings, args)
+    assert (s.shards, s.lora_rank, s.epochs, s.cpu) == (3, 2, 2, True)
+    assert s.lora_target_modules == ["q_proj", "v_proj"]
+    for given in (["DIR"], ["--sisa-dir", "DIR"]):
+        args = build_parser().parse_args(["sisa", "forget", *given, "--forget", "f.jsonl",
+                                          "--out", "o"])
+        assert settings_from_args(SisaForgetSettings, args).sisa_dir == "DIR"
