@@ -145,6 +145,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     state = "memorised" if record["memorised"] else "NOT memorised (raise --max-epochs or --lr)"
     print(f"Suffix token accuracy {record['suffix_accuracy']:.3f} after "
           f"{len(record['epochs'])} epochs: {state}. Model in {settings.out}")
+    if "dp" in record:
+        dp = record["dp"]
+        print(f"DP-SGD: epsilon spent {dp['epsilon_spent']:.3f} at delta {dp['delta']:g} "
+              f"(target {dp['target_epsilon']:g}) in {dp['steps']} steps, noise multiplier "
+              f"{dp['noise_multiplier']:.3f}, clipping at {dp['max_grad_norm']:g}")
     return 0
 
 

@@ -377,9 +377,29 @@ class FinetuneSettings(Settings):
         "kl", "on general text: 'kl' keeps the model's distribution close to the base model's, "
         "'nll' trains on it", choices=("kl", "nll"))
     general_weight: float = _f(1.0, "weight of the general-text term", positive=True)
+    dp_epsilon: float | None = _f(
+        None, "train with DP-SGD (Opacus): each record's gradient clipped to --dp-max-grad-norm, "
+        "Gaussian noise added, Poisson-sampled batches of --batch-size on average; the noise is "
+        "set so that max_epochs spend this epsilon at --dp-delta (finetune.json records the "
+        "epsilon actually spent); null: no DP", positive=True)
+    dp_delta: float = _f(1e-5, "DP-SGD: the delta of the (epsilon, delta) guarantee; keep it "
+                         "well under 1 / the number of records", interval="(0, 1)")
+    dp_max_grad_norm: float = _f(1.0, "DP-SGD: each record's gradient is clipped to this L2 norm",
+                                 positive=True)
 
     def check(self) -> None:
         check_what_trains(self)
+        if self.dp_epsilon is None:
+            return
+        if self.general:
+            raise UnlearnError("--general cannot be combined with --dp-epsilon: the mixed-in "
+                               "text would join the private gradients; give --general null")
+        if self.mixed_precision == "fp16":
+            raise UnlearnError("--dp-epsilon does not run with --mixed-precision fp16 (its loss "
+                               "scaling would scale the clipping bound); use bf16 or no")
+        if self.gradient_checkpointing:
+            raise UnlearnError("--dp-epsilon does not run with --gradient-checkpointing "
+                               "(Opacus' per-record gradients miss the recomputed blocks)")
 
 
 def name_list(value: str | list[str]) -> list[str]:

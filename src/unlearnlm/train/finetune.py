@@ -14,6 +14,11 @@ and keeps the result in the cache folder, keyed by a hash of everything that sha
 Training is plain NLL on every token. After each epoch the mean suffix token accuracy is
 measured (the suffix MA, ``metrics.scores.suffix_memorization_accuracy``: teacher-forced argmax
 == true token over the suffix), and training stops once it reaches ``target_accuracy``.
+
+With ``dp_epsilon`` the steps are DP-SGD instead (``train.dp``): Poisson-sampled batches, each
+record's gradient clipped and Gaussian noise added, at the noise level that spends ``dp_epsilon``
+over ``max_epochs``; ``finetune.json`` records the epsilon actually spent (also per epoch) and
+the noise multiplier.
 """
 
 from __future__ import annotations
@@ -32,12 +37,14 @@ from tqdm.auto import tqdm
 
 from unlearnlm.data.batches import collate
 from unlearnlm.data.texts import file_sha256, read_records, split_records
+from unlearnlm.errors import UnlearnError
 from unlearnlm.lm.loading import load_model, resolve_model, save_model, weights_sha256
 from unlearnlm.methods.losses import kl_to_reference, nll
 from unlearnlm.metrics.scores import suffix_memorization_accuracy
 from unlearnlm.paths import cache_root
 from unlearnlm.rundir import RunDir, environment_versions
 from unlearnlm.settings import FinetuneSettings
+from unlearnlm.train.dp import PrivateTraining, make_private, private_epoch
 from unlearnlm.train.models import DTYPES, full_state_dict, make_accelerator, prepare_training
 
 log = logging.getLogger(__name__)
@@ -72,17 +79,23 @@ def finetune(
         micro_batch=s.batch_size,
     )
     policy, optimizer, reference = prepared.model, prepared.optimizer, prepared.reference
+    private = _private(prepared, len(samples), s)
     record = _new_record(s)
     start = time.perf_counter()
     rng = random.Random(s.seed)
     pad = tokenizer.pad_token_id
     for epoch in range(1, s.max_epochs + 1):
-        loss = _epoch(policy, optimizer, accelerator, samples, s.batch_size, rng, pad, progress,
-                      epoch, _General(mixed, reference, s.general_weight))
+        if private is None:
+            loss = _epoch(policy, optimizer, accelerator, samples, s.batch_size, rng, pad,
+                          progress, epoch, _General(mixed, reference, s.general_weight))
+        else:
+            loss = private_epoch(policy, private, [x.input_ids for x in samples], pad,
+                                 accelerator.device, accelerator.autocast, progress, epoch)
         with accelerator.autocast():
             acc = suffix_memorization_accuracy(prepared.unwrapped, samples)
         mean_acc = sum(acc) / len(acc)
-        record["epochs"].append({"epoch": epoch, "loss": loss, "suffix_accuracy": mean_acc})
+        record["epochs"].append({"epoch": epoch, "loss": loss, "suffix_accuracy": mean_acc,
+                                 **({"epsilon_spent": private.epsilon_spent()} if private else {})})
         log.info("fine-tune epoch %d: loss %.3f, suffix token accuracy %.3f", epoch, loss,
                  mean_acc)
         if s.target_accuracy is not None and mean_acc >= s.target_accuracy:
@@ -91,6 +104,12 @@ def finetune(
     reached = record["suffix_accuracy"]
     record["memorised"] = s.target_accuracy is not None and reached >= s.target_accuracy
     record["seconds"] = round(time.perf_counter() - start, 1)
+    if private is not None:
+        record["dp"] = private.summary()
+        private.hooks.cleanup()  # the saved model carries no hooks or per-record gradients
+        log.info("DP-SGD spent epsilon %.3f at delta %g in %d steps (target %g, noise "
+                 "multiplier %.3f)", record["dp"]["epsilon_spent"], s.dp_delta,
+                 private.steps, s.dp_epsilon, private.noise_multiplier)
     gathered = full_state_dict(prepared.model, accelerator)  # every process takes part
     if accelerator.is_main_process:  # under several processes, one writes
         save_model(prepared.unwrapped, tokenizer, run_dir.out, {"finetune.json": record},
@@ -99,12 +118,26 @@ def finetune(
     return record
 
 
+def _private(prepared, records: int, s: FinetuneSettings) -> PrivateTraining | None:
+    """DP-SGD around the prepared model and optimiser when ``dp_epsilon`` asks for it."""
+    if s.dp_epsilon is None:
+        return None
+    if prepared.accelerator.num_processes > 1:
+        raise UnlearnError("--dp-epsilon runs in one process: the privacy accounting here "
+                           "assumes one process's Poisson batches; start it without "
+                           "accelerate launch (or with --num_processes 1)")
+    plain = getattr(prepared.optimizer, "optimizer", prepared.optimizer)  # accelerate's wrapper
+    return make_private(prepared.model, plain, records, batch_size=s.batch_size,
+                        epochs=s.max_epochs, epsilon=s.dp_epsilon, delta=s.dp_delta,
+                        max_grad_norm=s.dp_max_grad_norm, seed=s.seed)
+
+
 def _new_record(s: FinetuneSettings) -> dict:
     recorded = ("max_epochs", "lr", "batch_size", "target_accuracy", "prefix_tokens",
                 "suffix_tokens", "mixed_precision", "seed", "trainable_layers", "general",
                 "general_per_step", "general_tokens", "general_loss", "general_weight",
                 "lora_rank", "lora_alpha", "lora_target_modules", "merge",
-                "gradient_checkpointing", "dtype")
+                "gradient_checkpointing", "dtype", "dp_epsilon", "dp_delta", "dp_max_grad_norm")
     return {
         "model": s.model, "data": s.data, "data_sha256": file_sha256(s.data),
         "settings": {name: getattr(s, name) for name in recorded},
