@@ -201,6 +201,28 @@ def test_an_ensemble_averages_probabilities(llama, other_llama):
     assert torch.allclose(_flat(pair.targets(sequences)).exp(), mean, atol=1e-6)
 
 
+def test_ensemble_decoding_with_caches_equals_rereading_every_sequence(llama, other_llama,
+                                                                       neo):
+    """Greedy decoding that keeps each member's key/value cache (prefixes of different lengths,
+    so rows are left-padded) gives the tokens of the decoder that re-reads every whole sequence;
+    an eos ends a row there; a sampled run is reproducible from its seed. GPT-Neo too (its own
+    position handling)."""
+    from unlearnlm.lm.stepwise import stepwise_generate
+
+    for members in ([llama, other_llama], [neo, neo]):
+        pair = EnsembleLM(members)
+        prefixes = [s[: 2 + i] for i, s in enumerate(_sequences(members[0]))]
+        cached = pair.generate(prefixes, 10, batch_size=3)
+        assert cached == stepwise_generate(pair.next_logprobs, prefixes, 10)
+        assert all(len(tokens) == 10 for tokens in cached)
+        eos = cached[0][4]
+        stopped = pair.generate(prefixes, 10, eos_token_id=eos)
+        assert stopped == stepwise_generate(pair.next_logprobs, prefixes, 10, eos_token_id=eos)
+        assert stopped[0] == cached[0][: cached[0].index(eos)]
+        sampled = pair.generate(prefixes, 6, temperature=1.0, seed=3)
+        assert sampled == pair.generate(prefixes, 6, temperature=1.0, seed=3)
+
+
 def test_ensemble_el_equals_the_naive_definition(llama, other_llama):
     """EL through the ensemble (shortcut + step-by-step decoding) equals the generate-everything
     reference run on the same ensemble."""

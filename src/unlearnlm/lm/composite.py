@@ -6,8 +6,10 @@
   log-probabilities of the same tokens after the prompt. A prompted baseline of unlearning ("do
   not reveal ...") is evaluated exactly like a trained model.
 - ``EnsembleLM``: the average of several models' next-token distributions,
-  log P(v | x) = log (1/K sum_k P_k(v | x)); its generation decodes step by step
-  (``lm.stepwise``), since no single Hugging Face model computes it.
+  log P(v | x) = log (1/K sum_k P_k(v | x)); no single Hugging Face model computes it, so it
+  decodes one token at a time: greedy and sampled decoding keep each member's key/value cache
+  (``LM.forward_step``), beam search and members built from other models re-read every
+  sequence (``lm.stepwise``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from unlearnlm.data.batches import left_padded
 from unlearnlm.errors import UnlearnError
 from unlearnlm.lm.cached import generate_jobs
+from unlearnlm.lm.generation import check_arguments
 from unlearnlm.lm.interface import LM
 from unlearnlm.lm.stepwise import stepwise_generate
 
@@ -156,9 +160,57 @@ class EnsembleLM(_Composite):
         seed: int | None = None,
         batch_size: int = 32,
     ) -> list[list[int]]:
-        return stepwise_generate(self.next_logprobs, prefixes, max_new_tokens,
-                                 eos_token_id=eos_token_id, num_beams=num_beams,
-                                 temperature=temperature, seed=seed, batch_size=batch_size)
+        if num_beams > 1 or any(isinstance(m, _Composite) for m in self.members):
+            return stepwise_generate(self.next_logprobs, prefixes, max_new_tokens,
+                                     eos_token_id=eos_token_id, num_beams=num_beams,
+                                     temperature=temperature, seed=seed, batch_size=batch_size)
+        check_arguments(prefixes, max_new_tokens, num_beams, batch_size, temperature)
+        generator = None
+        if temperature is not None:
+            generator = torch.Generator()
+            if seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(seed)
+        results: list[list[int]] = []
+        with self.evaluating():
+            for first in range(0, len(prefixes), batch_size):
+                results += self._decode_cached(prefixes[first : first + batch_size],
+                                               max_new_tokens, eos_token_id, temperature,
+                                               generator)
+        return results
+
+    def _decode_cached(
+        self, prefixes: list[list[int]], max_new_tokens: int, eos_token_id: int | None,
+        temperature: float | None, generator: torch.Generator | None,
+    ) -> list[list[int]]:
+        """Greedy or sampled continuations of one batch, each member with its own cache; a
+        finished row is fed its last token again and ignored."""
+        input_ids, mask = left_padded([list(p) for p in prefixes], self.pad_token_id, self.device)
+        caches: list[Any] = [None] * len(self.members)
+        new: list[list[int]] = [[] for _ in prefixes]
+        done = [False] * len(prefixes)
+        for _ in range(max_new_tokens):
+            parts = []
+            for k, member in enumerate(self.members):
+                scores, caches[k] = member.forward_step(input_ids, mask, caches[k])
+                parts.append(F.log_softmax(scores.float(), dim=-1).to(self.device))
+            log_probs = (torch.logsumexp(torch.stack(parts), dim=0) - math.log(len(parts))).cpu()
+            if temperature is None:
+                tokens = log_probs.argmax(dim=-1)
+            else:
+                probs = torch.softmax(log_probs / temperature, dim=-1)
+                tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            for row, token in enumerate(tokens.tolist()):
+                if not done[row]:
+                    done[row] = token == eos_token_id
+                    if not done[row]:
+                        new[row].append(token)
+            if all(done):
+                break
+            input_ids = tokens[:, None].to(self.device)
+            mask = torch.cat([mask, mask.new_ones(len(prefixes), 1)], dim=1)
+        return new
 
     def greedy_to_the_end(
         self,

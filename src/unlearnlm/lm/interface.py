@@ -11,7 +11,8 @@ a model goes through it:
   ``data.batches.right_padded_batches``, ``inference_mode``, the model's train/eval mode restored
   after); ``targets`` (log P(x_t | x_<t) and the argmax, for t from a start) and
   ``next_token_argmax`` are built on it.
-- ``generate(prefixes, ...)``: greedy, beam or sampled continuations; ``generate_suffixes``:
+- ``generate(prefixes, ...)``: greedy, beam or sampled continuations (``forward_step``: one
+  cached step of it, for decoders that combine several models); ``generate_suffixes``:
   the continuation of each sample's prefix that is compared with its suffix; ``greedy_to_the_end``:
   the greedy continuations that extraction likelihood needs, from each sequence's own
   key/value cache (``lm.cached``) where the model allows.
@@ -189,6 +190,20 @@ class LM:
             out = torch.empty_like(last, dtype=torch.float32)
             out[order.to(logits.device)] = F.log_softmax(last.float(), dim=-1)
         return out
+
+    def forward_step(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, past: Any = None
+    ) -> tuple[torch.Tensor, Any]:
+        """One step of incremental decoding: next-token scores (B, V) after each row of a
+        left-padded batch and the key/value cache to pass back with the next step's tokens
+        (``attention_mask`` always covers every token so far). Positions count from each row's
+        first real token, as Hugging Face's ``generate`` counts them."""
+        device = self.device
+        attention_mask = attention_mask.to(device)
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
+        out = self.model(input_ids=input_ids.to(device), attention_mask=attention_mask,
+                         position_ids=positions, past_key_values=past, use_cache=True)
+        return out.logits[:, -1], out.past_key_values
 
     # --- generation ----------------------------------------------------------------------------
 

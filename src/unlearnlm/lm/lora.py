@@ -114,6 +114,11 @@ class AdapterLM(LM):
         self.model.set_adapter(self.adapter)
         return super().logits(input_ids, attention_mask)
 
+    def forward_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     past: Any = None) -> tuple[torch.Tensor, Any]:
+        self.model.set_adapter(self.adapter)
+        return super().forward_step(input_ids, attention_mask, past)
+
     def generate(self, prefixes: list[list[int]], max_new_tokens: int,
                  **options: Any) -> list[list[int]]:
         self.model.set_adapter(self.adapter)
