@@ -55,3 +55,25 @@ def test_memory_benchmark_counts_what_each_mode_keeps(tiny_llama_dir):
     assert {k: lora["bytes_per_parameter"][k] for k in expected} == pytest.approx(expected,
                                                                                   rel=1e-2)
     assert lora["bytes"]["weights"] == pytest.approx(full["bytes"]["weights"] + 4 * adapter)
+
+
+def test_sisa_deletion_benchmark_on_the_tiny_model(tiny_llama_dir, tmp_path):
+    """The whole measurement on the tiny Llama: both deletions equal nothing but the retrain
+    (the eight-record deletion's adapters are the retrain's, tensor for tensor), the ratios are
+    the printed times' quotients, and every model has its leak counts and perplexity."""
+    result = _script("sisa_deletion").main([
+        "--out", str(tmp_path / "sisa"), "--model", str(tiny_llama_dir), "--shards", "2",
+        "--epochs", "1", "--lora-rank", "2", "--wikitext-docs", "1"])
+    exact = result["exact_eight"]
+    assert exact["equal_tensors"] == exact["tensors"] > 0 and exact["largest_difference"] == 0
+    d = result["deletions"]
+    assert result["ratio_one"] == pytest.approx(d["one"]["wall_seconds"]
+                                                / result["train_seconds"], abs=1e-3)
+    assert result["ratio_eight"] == pytest.approx(d["eight"]["wall_seconds"]
+                                                  / result["scratch_seconds"], abs=1e-3)
+    assert d["one"]["texts"] == 1 and d["eight"]["texts"] == 8
+    assert len(d["one"]["retrained_from_slice"]) == 1
+    assert set(result["models"]) == {"base", "single", "trained", "forgot-one", "forgot-eight"}
+    for row in result["models"].values():
+        assert 0 <= row["forget_leaked"] <= 32 and 0 <= row["kept_leaked"] <= 64
+        assert row["wikitext_ppl"] > 1

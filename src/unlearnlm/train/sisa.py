@@ -233,7 +233,8 @@ def sisa_train(s: SisaTrainSettings) -> dict:
     start = time.perf_counter()
     trainer = _ShardTrainer(s, s.cpu)
     record = {
-        "method": "sisa", "settings": {name: getattr(s, name) for name in _TRAINING},
+        "method": "sisa", "settings": {name: getattr(s, name) for name in _TRAINING}
+        | {"model": _where(s.model)},
         "model_sha256": identity, "data": s.data,
         "data_sha256": file_sha256(s.data), "versions": environment_versions(),
         "texts": [], "stages": {}, "deletions": [],
@@ -246,6 +247,13 @@ def sisa_train(s: SisaTrainSettings) -> dict:
         record["seconds"] = round(time.perf_counter() - start, 2)
         _finish(tmp, record, texts)
     return record
+
+
+def _where(model: str) -> str:
+    """A model folder or file as an absolute path (the SISA folder may be read from elsewhere);
+    a name or hub id as given."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
 
 
 def _train_stages(trainer: _ShardTrainer, folder: Path, shard: int, first: int,
@@ -292,7 +300,10 @@ def read_sisa(folder: str | Path) -> tuple[dict, list[Placed]]:
     placed = {(p["id"], p["sha256"]): p for p in record["texts"]}
     texts = []
     for row in rows:
-        p = placed[(row["id"], text_key(row["text"]))]
+        p = placed.get((row["id"], text_key(row["text"])))
+        if p is None:
+            raise UnlearnError(f"{folder / TEXTS} holds a text that {RECORD} does not place (id "
+                               f"{row['id']!r}); the folder was changed: train it again")
         texts.append(Placed(row["id"], row["text"], p["sha256"], p["shard"], p["slice"]))
     return record, texts
 
