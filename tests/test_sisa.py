@@ -205,3 +205,19 @@ def test_flags_come_from_the_settings_and_a_config_file(tmp_path):
         args = build_parser().parse_args(["sisa", "forget", *given, "--forget", "f.jsonl",
                                           "--out", "o"])
         assert settings_from_args(SisaForgetSettings, args).sisa_dir == "DIR"
+
+
+def test_a_shard_emptied_by_a_deletion_keeps_its_initial_adapter(trained, tmp_path, caplog):
+    """Forget every text of shard 1: its checkpoints all equal its initial adapter (slice 0,
+    copied), shard 0 is copied unchanged, and a warning names the shard."""
+    _, texts = read_sisa(trained)
+    forget = write_jsonl(tmp_path / "all.jsonl", [t.text for t in texts if t.shard == 1])
+    out = tmp_path / "emptied"
+    with caplog.at_level("WARNING", logger="unlearnlm.train.sisa"):
+        sisa_forget(SisaForgetSettings(sisa_dir=str(trained), forget=str(forget), out=str(out)))
+    assert "shard 1 holds no text now" in caplog.text
+    initial = _adapter(trained, 1, 0)
+    for stage in (1, 2):
+        assert all(torch.equal(initial[k], v) for k, v in _adapter(out, 1, stage).items())
+    assert _files(out / "shard-0") == _files(trained / "shard-0")
+    assert {t.shard for t in read_sisa(out)[1]} == {0}
