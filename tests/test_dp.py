@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FORGET_RECORDS
+from conftest import FORGET_RECORDS, build_tiny_llama_tokenizer
 from unlearnlm.cli import main
 from unlearnlm.errors import UnlearnError
 from unlearnlm.lm.loading import load_model
@@ -178,3 +178,32 @@ def test_an_epsilon_no_noise_reaches_is_one_clear_error(tiny_llama_dir):
     with pytest.raises(UnlearnError, match="out of reach"):
         make_private(model, optimizer, 4, batch_size=4, epochs=50, epsilon=1e-7, delta=1e-9,
                      max_grad_norm=1.0, seed=0)
+
+
+def test_tied_input_and_output_embeddings_get_each_records_own_gradient():
+    """Every weight trains and the output layer is the embedding matrix (as in SmolLM2): Opacus
+    adds the embedding's and the output layer's per-record parts, and each record's sum equals
+    the gradient of its loss computed alone."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tiny_llama_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True)).train()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    params = list(model.parameters())
+    sequences = [tokenizer(t)["input_ids"] for t in FORGET_RECORDS[:3]]
+    alone = []
+    for seq in sequences:
+        model.zero_grad()
+        record_loss(model, [seq], tokenizer.pad_token_id, "cpu", _plain).backward()
+        alone.append([p.grad.clone() for p in params])
+    training = make_private(model, torch.optim.SGD(params, lr=0.0), 6, batch_size=3, epochs=1,
+                            epsilon=50.0, delta=1e-3, max_grad_norm=1.0, seed=0)
+    training.optimizer.zero_grad(set_to_none=True)
+    record_loss(model, sequences, tokenizer.pad_token_id, "cpu", _plain).backward()
+    for k, p in enumerate(params):
+        for i in range(3):
+            assert torch.allclose(p.grad_sample[i], alone[i][k], atol=1e-6), (k, i)
