@@ -5,6 +5,7 @@ settings refused in one line."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -207,3 +208,44 @@ def test_tied_input_and_output_embeddings_get_each_records_own_gradient():
     for k, p in enumerate(params):
         for i in range(3):
             assert torch.allclose(p.grad_sample[i], alone[i][k], atol=1e-6), (k, i)
+
+
+def test_bench_dp_row_is_the_leaky_fine_tuning_under_dp_and_is_reused(
+    tiny_llama_dir, data_dir, tmp_path, monkeypatch
+):
+    """`bench --methods ga,dp`: the dp row's model is the base model fine-tuned on forget +
+    retain (6 texts) under DP-SGD for --finetune-epochs (no early stop: 3 epochs of 3 Poisson
+    steps), scored like the methods; results.md says the epsilon spent; a re-run reuses it, and
+    one with another --dp-epsilon is refused before training anything."""
+    from conftest import CALIBRATION_RECORDS, POOL_RECORDS, write_jsonl
+    from unlearnlm.bench.runner import BenchSettings, run_bench
+
+    monkeypatch.setenv("UNLEARNLM_CACHE", str(tmp_path / "cache"))
+    texts = {"forget": FORGET_RECORDS, "retain": POOL_RECORDS[:2], "pool": POOL_RECORDS[2:],
+             "calibration": CALIBRATION_RECORDS,
+             "nonmember": ["Ivy Moss was born on 5 April 1992 and works as a nurse in Derby.",
+                           "Jack Lee lives at 9 High Street and works as a farmer."]}
+    files = {k: str(write_jsonl(tmp_path / f"{k}.jsonl", v)) for k, v in texts.items()}
+    settings = BenchSettings(
+        model=str(tiny_llama_dir), forget_set=files["forget"], retain=files["retain"],
+        pool=files["pool"], calibration=files["calibration"], nonmember=files["nonmember"],
+        out=str(tmp_path / "bench"), methods=["ga", "dp"], tasks=["forget", "mia"], limit=2,
+        prefix_tokens=4, suffix_tokens=None, lr=3e-3, max_epochs=1, batch_size=2,
+        finetune_lr=3e-3, finetune_epochs=3, finetune_target=0.5, dp_epsilon=2.0,
+        dp_delta=1e-3)
+    results = run_bench(settings)
+    rows = {r["name"]: r for r in results["rows"]}
+    assert rows["dp"]["role"] == "dp" and rows["dp"]["epochs"] == 3
+    assert rows["dp"]["el10"] is not None and rows["dp"]["mia_auc"] is not None
+    folder = tmp_path / "bench" / "methods" / "dp"
+    record = json.loads((folder / "finetune.json").read_text())
+    assert Path(record["data"]).name == "leaky_train.jsonl"  # the leaky model's texts
+    assert record["dp"]["steps"] == 9 and 0 < record["dp"]["epsilon_spent"] <= 2.0
+    assert record["settings"]["lr"] == 3e-3 and record["settings"]["target_accuracy"] is None
+    markdown = (tmp_path / "bench" / "results.md").read_text()
+    assert f"epsilon {record['dp']['epsilon_spent']:.2f} spent of 2" in markdown
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    run_bench(settings)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(UnlearnError, match="other settings.*dp_epsilon"):
+        run_bench(BenchSettings(**{**vars(settings), "dp_epsilon": 4.0}))

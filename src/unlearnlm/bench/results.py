@@ -91,6 +91,13 @@ def build_rows(models: dict, runs: dict, evals: dict) -> list[dict]:
                      "finetune_suffix_accuracy": record["suffix_accuracy"]})
     for name, run in runs.items():
         record = run["record"]
+        if "dp" in record:  # bench.dp: fine-tuned under DP-SGD, nothing unlearned
+            rows.append({"name": name, "role": "dp", "model_dir": str(run["folder"]),
+                         **metrics_row(evals[name]["tasks"]), "epochs": len(record["epochs"]),
+                         "wall_time_s": run["wall_time_s"], "stopped": None,
+                         "finetune_suffix_accuracy": record["suffix_accuracy"],
+                         "dp": record["dp"]})
+            continue
         rows.append({"name": name, "role": "method", "model_dir": record["config"]["out"],
                      **metrics_row(evals[name]["tasks"]), "epochs": record["stopped"]["epoch"],
                      "wall_time_s": run["wall_time_s"], "resumed": run["resumed"],
@@ -255,7 +262,17 @@ def _notes(s, rows: list[dict], data: dict, models: dict) -> list[str]:
         f"unigram F1 (x100) over the dialogue sets run; entropy in bits of one generation.",
         f"- MIA AUC: the highest of {len(SIGNALS)} attacks ({', '.join(SIGNALS)}), forget set vs "
         f"{_nonmembers_scored(s, data)} never-seen texts; 0.5 = chance.",
+        *[_dp_note(row) for row in rows if row["role"] == "dp"],
     ]
+
+
+def _dp_note(row: dict) -> str:
+    dp = row["dp"]
+    return (f"- {row['name']}: nothing unlearned; the leaky model's fine-tuning (same texts, "
+            f"learning rate, epochs) under DP-SGD: epsilon {dp['epsilon_spent']:.2f} spent of "
+            f"{dp['target_epsilon']:g} at delta {dp['delta']:g}, noise multiplier "
+            f"{dp['noise_multiplier']:.2f}, clipping at {dp['max_grad_norm']:g}, "
+            f"{dp['steps']} steps; suffix token accuracy {row['finetune_suffix_accuracy']:.3f}.")
 
 
 def results_markdown(results: dict, s, data: dict, models: dict) -> str:

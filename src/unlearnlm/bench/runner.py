@@ -11,7 +11,8 @@ The protocol (as TOFU does it: Maini et al. 2024), step by step:
    The *retain* model: the base fine-tuned on the retain texts alone, what the model would be had
    it never seen the forget set. Both are cached, keyed by a hash of their inputs.
 3. Unlearning. Every method starts from the leaky model, with the same data and settings
-   (``out/methods/NAME``).
+   (``out/methods/NAME``). The ``dp`` row unlearns nothing: it is the leaky model's fine-tuning
+   under DP-SGD (``bench.dp``).
 4. Evaluation. The leaky model, the retain model and every method's result
    (``out/eval/NAME/eval.json``). With ``audit``, also the robustness audit of every method's
    result, with the leaky model as the original, the pool as the related texts and the
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unlearnlm.bench.dp import DP_METHOD, run_dp
 from unlearnlm.data.texts import Record, read_records, texts_sha256
 from unlearnlm.errors import UnlearnError
 from unlearnlm.methods.losses import METHODS
@@ -47,8 +49,10 @@ log = logging.getLogger(__name__)
 
 ROLES = ("forget", "retain", "pool", "calibration", "nonmember")
 # settings that only change what is measured, not what is trained: free to differ on a re-run
+# (the dp row's settings are among them: its folder checks its own, so that an older run stays
+# usable)
 EVAL_ONLY = ("out", "methods", "tasks", "limit", "nonmember", "nonmember_size", "audit",
-             "audit_attacks", "audit_el")
+             "audit_attacks", "audit_el", "dp_epsilon", "dp_delta", "dp_max_grad_norm")
 
 
 def _default_tasks() -> list[str]:
@@ -70,7 +74,8 @@ class BenchSettings(Settings):
                         "base model (directory, hub id, .gguf or smollm2-135m)")
     out: str = setting("runs/bench", "output directory (a re-run into it resumes)")
     methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={
-        "help": "methods to compare, a comma list (see `unlearnlm methods`)"})
+        "help": "methods to compare, a comma list (see `unlearnlm methods`); 'dp': no "
+        "unlearning, the leaky model's fine-tuning under DP-SGD at --dp-epsilon"})
     retain: str | None = setting(
         None, "retain texts file (null: --retain-size other samples of the benchmark's train "
         "split); the leaky and the retain model learn them; they join the analogous pool")
@@ -134,19 +139,26 @@ class BenchSettings(Settings):
     audit_attacks: str | None = setting(
         None, "the audit's attacks, a comma list (see `unlearnlm audit --help`); null: all")
     audit_el: bool = setting(True, "score EL10 in the audit (its costliest score)")
+    dp_epsilon: float = setting(8.0, "the dp row: the epsilon its DP-SGD fine-tuning spends over "
+                                "--finetune-epochs", positive=True)
+    dp_delta: float = setting(1e-5, "the dp row: delta of its (epsilon, delta) guarantee",
+                              interval="(0, 1)")
+    dp_max_grad_norm: float = setting(1.0, "the dp row: each text's gradient is clipped to this "
+                                      "L2 norm", positive=True)
 
     def check(self) -> None:
         from unlearnlm.evaluate.suite import resolve_tasks
 
         self.methods = name_list(self.methods)
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods if m not in METHODS and m != DP_METHOD]
         if unknown or not self.methods:
             problem = f"unknown method '{unknown[0]}'" if unknown else "no method given"
-            raise UnlearnError(f"{problem}; known methods: {', '.join(METHODS)}")
+            raise UnlearnError(f"{problem}; known methods: {', '.join([*METHODS, DP_METHOD])}")
         self.tasks = name_list(self.tasks)
         resolve_tasks(self.tasks)
         for method in self.methods:  # the loop's own checks, before any work
-            self.unlearn_settings(method)
+            if method != DP_METHOD:
+                self.unlearn_settings(method)
         if self.audit:  # the attack names, checked before any work
             self.audit_settings("leaky", "leaky", {"pool": "pool.jsonl"})
 
@@ -469,7 +481,8 @@ def run_bench(settings: BenchSettings | None = None) -> dict:
     leaky_dir = models["leaky"][0]
 
     log.info("Step 3/5  Unlearning, each method from the leaky model: %s", ", ".join(s.methods))
-    runs = {name: run_method(name, s, leaky_dir, files, out / "methods" / name)
+    runs = {name: run_dp(s, files["leaky_train"], out / "methods" / name) if name == DP_METHOD
+            else run_method(name, s, leaky_dir, files, out / "methods" / name)
             for name in s.methods}
 
     log.info("Step 4/5  Evaluating the leaky model, the retain model and every method")
