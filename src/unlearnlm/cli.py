@@ -168,6 +168,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         extraction_nonmembers,
         write_results,
     )
+    from unlearnlm.lm.guards import guard_summary
+    from unlearnlm.lm.interface import LM
     from unlearnlm.lm.loading import load_model
 
     s = settings_from_args(EvalSettings, args)
@@ -185,9 +187,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     runs = [("", s.model), ("original", s.original), ("retain", s.retain)]
     for name, model_path in [(n, m) for n, m in runs if m]:
         model, tokenizer, _ = load_model(model_path)
+        samples = split_records(forget, tokenizer, **split) if forget else None
+        lm = LM(model, tokenizer)
+        if not name and s.wrap:  # the inference-time baseline wraps --model only
+            lm = s.guarded(lm, samples)
         result = evaluate(
-            model, tokenizer, tasks=tasks, limit=s.limit, el_n=s.el_n,
-            forget=split_records(forget, tokenizer, **split) if forget else None,
+            lm, tokenizer, tasks=tasks, limit=s.limit, el_n=s.el_n, forget=samples,
             nonmember=split_records(nonmember, tokenizer, **split, role="nonmember")
             if nonmember else None,
             judge=s.judge(), backend=s.backend,
@@ -195,11 +200,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result["settings"].update(model=model_path, forget=s.forget, role=name or "model",
                                   nonmember=s.nonmember
                                   or ("extraction val split" if nonmember else None), **split)
+        if not name and s.wrap:
+            result["settings"]["wrap"] = {"name": s.wrap, **guard_summary(lm)}
         path = write_results(result, os.path.join(s.out, name) if name else s.out)
         print(f"== {name or 'model'}: {model_path}")
         print(aggregate_table(result))
         print(f"Per-sample results in {path}")
-        del model
+        del model, lm
     return 0
 
 
@@ -235,7 +242,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if s.audit:  # each method's audit as a report of its own, beside its audit.json
         from unlearnlm.report.audit import write_audit_report
 
-        for name in s.methods:
+        for name in s.trained_methods:
             folder = Path(s.out) / "audit" / name
             write_audit_report(json.loads((folder / "audit.json").read_text()), folder)
     print(table_markdown(results["rows"]))

@@ -171,6 +171,13 @@ _SHARED: dict[str, tuple[Any, str, dict[str, Any]]] = {
                                "instead of keeping them: less memory, more compute", {}),
     "dtype": ("float32", "dtype of the weights: 'bfloat16' halves their memory (for GPUs; slow "
               "on CPUs without bf16 instructions)", {"choices": DTYPES}),
+    # the inference-time baselines (lm/guards.py)
+    "guard_opening_tokens": (8, "guard-prompt: each forget text is named by this many tokens of "
+                             "its opening (never past its prefix)", {"positive": True}),
+    "icul_examples": (4, "icul: kept texts shown whole, with their true continuation, after the "
+                      "forget prefixes with other continuations", {"interval": "[0, inf)"}),
+    "filter_ngram": (8, "guard-filter: a generation that reproduces this many consecutive "
+                     "tokens of a forget text is withheld", {"positive": True}),
 }
 _UNSET = object()
 

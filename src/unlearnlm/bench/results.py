@@ -11,6 +11,11 @@ With ``--audit``, ``results.json`` and ``results.md`` also hold, per method and 
 forget texts the attack extracts from the method's model (``audit.scoring.yardstick``), and the
 same for the leaky model.
 
+An inference-time baseline's row (``bench.guards``: no training, the leaky model behind a guard)
+also holds the MIA AUC of the weights behind it (the leaky model's, unchanged) and its cost per
+generated token against the plain model's; the table then has these three more columns. The
+audit attacks weights, so it skips these rows: their weights are the leaky model's.
+
 A method "forgets" when its mean EL10 and MA on the forget set are at most the leaky model's on
 never-seen text (the non-members): the yardstick of Jang et al. 2023, the model's own scores on
 data it never saw, measured with the same metric code.
@@ -43,11 +48,19 @@ TABLE = (
     ("mia_auc", "MIA AUC", "2f"), ("epochs", "epochs", "int"),
     ("wall_time_s", "wall time s", "int"),
 )
+# ... and, when the table has an inference-time baseline (bench.guards), what it leaves in the
+# weights and what it costs a generated token
+GUARD_TABLE = (
+    ("weights_mia_auc", "weights MIA", "2f"), ("ms_per_token", "gen ms/token", "1f"),
+    ("cost_ratio", "x plain", "2f"),
+)
 CSV_COLUMNS = (
     "name", "role", "el10", "ma", "bleu", "bertscore", "entropy", "cls_acc", "dialogue_f1",
     "ppl_pile", "ppl_wikitext", "mia_auc", *(f"mia_auc_{s}" for s in SIGNALS), "share_forgotten",
     "nonmember_el10", "nonmember_ma", *(f"acc_{t}" for t in DOWNSTREAM),
-    *(f"f1_{d}" for d in DIALOGUE_SETS), "epochs", "wall_time_s", "stopped",
+    *(f"f1_{d}" for d in DIALOGUE_SETS), "epochs", "wall_time_s", "stopped", "weights_mia_auc",
+    "ms_per_token", "plain_ms_per_token", "cost_ratio", "prompt_tokens", "withheld_forget",
+    "withheld_nonmember",
 )
 
 
@@ -81,7 +94,10 @@ def metrics_row(tasks: dict) -> dict:
 
 
 def build_rows(models: dict, runs: dict, evals: dict) -> list[dict]:
-    """Leaky, retain, then one row per method: metrics + epochs, wall time, stop reason."""
+    """Leaky, retain, then one row per method: metrics + epochs, wall time, stop reason; an
+    inference-time baseline (``bench.guards``) has no epochs but its generation cost. Every row
+    also says the MIA AUC of its weights: its own, except a baseline's, which are the leaky
+    model's."""
     rows = []
     for name in ("leaky", "retain"):
         folder, record = models[name]
@@ -89,20 +105,41 @@ def build_rows(models: dict, runs: dict, evals: dict) -> list[dict]:
                      **metrics_row(evals[name]["tasks"]), "epochs": None, "wall_time_s": None,
                      "stopped": None, "finetune_epochs": len(record["epochs"]),
                      "finetune_suffix_accuracy": record["suffix_accuracy"]})
+    for row in rows:
+        row["weights_mia_auc"] = row["mia_auc"]
     for name, run in runs.items():
+        metrics = metrics_row(evals[name]["tasks"])
+        if "guard" in run:
+            guard = run["guard"]
+            rows.append({"name": name, "role": "guard", "model_dir": str(models["leaky"][0]),
+                         **metrics, "weights_mia_auc": rows[0]["mia_auc"], "epochs": None,
+                         "wall_time_s": None, "stopped": None, **guard["cost"],
+                         **guard["summary"], **_withheld(guard)})
+            continue
         record = run["record"]
         if "dp" in record:  # bench.dp: fine-tuned under DP-SGD, nothing unlearned
             rows.append({"name": name, "role": "dp", "model_dir": str(run["folder"]),
-                         **metrics_row(evals[name]["tasks"]), "epochs": len(record["epochs"]),
+                         **metrics, "weights_mia_auc": metrics["mia_auc"],
+                         "epochs": len(record["epochs"]),
                          "wall_time_s": run["wall_time_s"], "stopped": None,
                          "finetune_suffix_accuracy": record["suffix_accuracy"],
                          "dp": record["dp"]})
             continue
         rows.append({"name": name, "role": "method", "model_dir": record["config"]["out"],
-                     **metrics_row(evals[name]["tasks"]), "epochs": record["stopped"]["epoch"],
+                     **metrics, "weights_mia_auc": metrics["mia_auc"],
+                     "epochs": record["stopped"]["epoch"],
                      "wall_time_s": run["wall_time_s"], "resumed": run["resumed"],
                      "stopped": record["stopped"]["reason"], "thresholds": record["thresholds"]})
     return rows
+
+
+def _withheld(guard: dict) -> dict:
+    """The filter's withheld shares of the timed generations (``bench.guards``), else nothing."""
+    counts = guard.get("withheld")
+    if not counts:
+        return {}
+    return {f"withheld_{side}": counts[side] / counts[f"{side}_prompts"]
+            for side in ("forget", "nonmember") if counts[f"{side}_prompts"]}
 
 
 # --- the paper's claims ------------------------------------------------------------------------
@@ -225,11 +262,13 @@ def _cell(value, kind: str) -> str:
 
 
 def table_markdown(rows: list[dict]) -> str:
-    """The Table-1-shaped markdown table of the rows."""
-    lines = ["| method | " + " | ".join(h for _, h, _ in TABLE) + " |",
-             "|---|" + "---|" * len(TABLE)]
+    """The Table-1-shaped markdown table of the rows (with ``GUARD_TABLE``'s columns when a row
+    is an inference-time baseline)."""
+    columns = TABLE + (GUARD_TABLE if any(r["role"] == "guard" for r in rows) else ())
+    lines = ["| method | " + " | ".join(h for _, h, _ in columns) + " |",
+             "|---|" + "---|" * len(columns)]
     for row in rows:
-        cells = [_cell(row.get(key), kind) for key, _, kind in TABLE]
+        cells = [_cell(row.get(key), kind) for key, _, kind in columns]
         lines.append(f"| {LABELS.get(row['name'], row['name'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -263,6 +302,7 @@ def _notes(s, rows: list[dict], data: dict, models: dict) -> list[str]:
         f"- MIA AUC: the highest of {len(SIGNALS)} attacks ({', '.join(SIGNALS)}), forget set vs "
         f"{_nonmembers_scored(s, data)} never-seen texts; 0.5 = chance.",
         *[_dp_note(row) for row in rows if row["role"] == "dp"],
+        *_guard_notes(s, rows),
     ]
 
 
@@ -273,6 +313,35 @@ def _dp_note(row: dict) -> str:
             f"{dp['target_epsilon']:g} at delta {dp['delta']:g}, noise multiplier "
             f"{dp['noise_multiplier']:.2f}, clipping at {dp['max_grad_norm']:g}, "
             f"{dp['steps']} steps; suffix token accuracy {row['finetune_suffix_accuracy']:.3f}.")
+
+
+def _guard_notes(s, rows: list[dict]) -> list[str]:
+    """What the inference-time baselines' rows mean (``bench.guards``), when there are any."""
+    guards = [r for r in rows if r["role"] == "guard"]
+    if not guards:
+        return []
+    first = guards[0]
+    notes = [
+        f"- Inference-time baselines ({', '.join(r['name'] for r in guards)}; "
+        "docs/methods.md): no training, the leaky model behind a guard, scored by the same "
+        "suite. MIA AUC is measured through the guard; weights MIA is the AUC of the weights "
+        "behind it (for these rows the leaky model's, unchanged; for the others their own). "
+        f"gen ms/token: greedy generation of {first['new_tokens']} tokens from "
+        f"{first['prompts']} forget and never-seen prefixes in one batch, guarded; x plain: "
+        "that time over the leaky model's own, measured one after the other in the same run."]
+    prompts = [f"{r['name']} {r['prompt_tokens']}" for r in guards if "prompt_tokens" in r]
+    if prompts:
+        notes.append(f"- Prompt tokens before every input: {', '.join(prompts)} (guard-prompt: "
+                     f"{s.guard_opening_tokens}-token openings; icul: {s.icul_examples} kept "
+                     "texts whole after the forget prefixes).")
+    for r in guards:
+        if "withheld_forget" in r:
+            notes.append(
+                f"- {r['name']} ({r['ngram']}-token n-grams): withheld "
+                f"{_pct(r['withheld_forget'])} % of the timed greedy continuations of forget "
+                f"prefixes and {_pct(r.get('withheld_nonmember', 0.0))} % of never-seen ones "
+                "(false alarms).")
+    return notes
 
 
 def results_markdown(results: dict, s, data: dict, models: dict) -> str:
@@ -293,6 +362,8 @@ def results_markdown(results: dict, s, data: dict, models: dict) -> str:
     parts += [f"- {r['name']}: after epoch {r['epochs']}: {r['stopped']}"
               + (" (resumed after a kill; wall time counts the last part only)"
                  if r.get("resumed") else "") for r in rows if r["role"] == "method"]
+    parts += [f"- {r['name']}: no training (an inference-time baseline)" for r in rows
+              if r["role"] == "guard"]
     return "\n".join(parts) + "\n"
 
 

@@ -12,7 +12,9 @@ The protocol (as TOFU does it: Maini et al. 2024), step by step:
    it never seen the forget set. Both are cached, keyed by a hash of their inputs.
 3. Unlearning. Every method starts from the leaky model, with the same data and settings
    (``out/methods/NAME``). The ``dp`` row unlearns nothing: it is the leaky model's fine-tuning
-   under DP-SGD (``bench.dp``).
+   under DP-SGD (``bench.dp``). An inference-time baseline (``guard-prompt``, ``icul``,
+   ``guard-filter``) trains nothing either: the leaky model is wrapped, and its generation cost
+   is timed (``bench.guards``).
 4. Evaluation. The leaky model, the retain model and every method's result
    (``out/eval/NAME/eval.json``). With ``audit``, also the robustness audit of every method's
    result, with the leaky model as the original, the pool as the related texts and the
@@ -41,6 +43,7 @@ from typing import Any
 from unlearnlm.bench.dp import DP_METHOD, run_dp
 from unlearnlm.data.texts import Record, read_records, texts_sha256
 from unlearnlm.errors import UnlearnError
+from unlearnlm.lm.guards import BASELINES
 from unlearnlm.methods.losses import METHODS
 from unlearnlm.rundir import write_text_atomic
 from unlearnlm.settings import Settings, name_list, setting, shared
@@ -52,7 +55,8 @@ ROLES = ("forget", "retain", "pool", "calibration", "nonmember")
 # (the dp row's settings are among them: its folder checks its own, so that an older run stays
 # usable)
 EVAL_ONLY = ("out", "methods", "tasks", "limit", "nonmember", "nonmember_size", "audit",
-             "audit_attacks", "audit_el", "dp_epsilon", "dp_delta", "dp_max_grad_norm")
+             "audit_attacks", "audit_el", "dp_epsilon", "dp_delta", "dp_max_grad_norm",
+             "guard_opening_tokens", "icul_examples", "filter_ngram")
 
 
 def _default_tasks() -> list[str]:
@@ -75,7 +79,8 @@ class BenchSettings(Settings):
     out: str = setting("runs/bench", "output directory (a re-run into it resumes)")
     methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={
         "help": "methods to compare, a comma list (see `unlearnlm methods`); 'dp': no "
-        "unlearning, the leaky model's fine-tuning under DP-SGD at --dp-epsilon"})
+        "unlearning, the leaky model's fine-tuning under DP-SGD at --dp-epsilon; the "
+        "inference-time baselines guard-prompt, icul and guard-filter wrap the leaky model"})
     retain: str | None = setting(
         None, "retain texts file (null: --retain-size other samples of the benchmark's train "
         "split); the leaky and the retain model learn them; they join the analogous pool")
@@ -145,22 +150,32 @@ class BenchSettings(Settings):
                               interval="(0, 1)")
     dp_max_grad_norm: float = setting(1.0, "the dp row: each text's gradient is clipped to this "
                                       "L2 norm", positive=True)
+    guard_opening_tokens: int = shared("guard_opening_tokens")
+    icul_examples: int = shared("icul_examples")
+    filter_ngram: int = shared("filter_ngram")
 
     def check(self) -> None:
         from unlearnlm.evaluate.suite import resolve_tasks
 
         self.methods = name_list(self.methods)
-        unknown = [m for m in self.methods if m not in METHODS and m != DP_METHOD]
+        known = [*METHODS, DP_METHOD, *BASELINES]
+        unknown = [m for m in self.methods if m not in known]
         if unknown or not self.methods:
             problem = f"unknown method '{unknown[0]}'" if unknown else "no method given"
-            raise UnlearnError(f"{problem}; known methods: {', '.join([*METHODS, DP_METHOD])}")
+            raise UnlearnError(f"{problem}; known methods: {', '.join(known)}")
         self.tasks = name_list(self.tasks)
         resolve_tasks(self.tasks)
-        for method in self.methods:  # the loop's own checks, before any work
+        for method in self.trained_methods:  # the loop's own checks, before any work
             if method != DP_METHOD:
                 self.unlearn_settings(method)
         if self.audit:  # the attack names, checked before any work
             self.audit_settings("leaky", "leaky", {"pool": "pool.jsonl"})
+
+    @property
+    def trained_methods(self) -> list[str]:
+        """The methods with weights of their own (dp included; the others, the inference-time
+        baselines, wrap the leaky model)."""
+        return [m for m in self.methods if m not in BASELINES]
 
     def unlearn_settings(self, method: str) -> Any:
         """The loop's settings of one method (every method gets the same ones)."""
@@ -363,33 +378,41 @@ def run_method(name: str, s: BenchSettings, leaky: Path, files: dict[str, str],
 
 
 def evaluate_model(name: str, model_dir: Path, s: BenchSettings,
-                   data: dict[str, list[Record]], folder: Path) -> dict:
-    """``eval.json`` of one model; an earlier one is reused when it measured the same things."""
+                   data: dict[str, list[Record]], folder: Path, wrap: str | None = None) -> dict:
+    """``eval.json`` of one model (with ``wrap``: the model behind that inference-time
+    baseline, ``bench.guards``); an earlier one is reused when it measured the same things."""
+    from unlearnlm.bench.guards import guard_stamp, wrap_leaky
     from unlearnlm.data.texts import split_records
     from unlearnlm.evaluate.suite import evaluate, resolve_tasks, write_results
+    from unlearnlm.lm.interface import LM
     from unlearnlm.lm.loading import load_model
 
     tasks = resolve_tasks(s.tasks)
     stamp = {"model": str(model_dir), "tasks": tasks, "limit": s.limit,
              "prefix_tokens": s.prefix_tokens, "suffix_tokens": s.suffix_tokens,
              "texts": texts_sha256([r.text for r in data["forget"] + data["nonmember"]])}
+    if wrap:
+        stamp["wrap"] = guard_stamp(wrap, s, data)
     path = folder / "eval.json"
     if path.is_file():
         result = json.loads(path.read_text(encoding="utf-8"))
         if result.get("settings", {}).get("bench") == stamp:
             log.info("  %s: reusing %s", name, path)
             return result
-    log.info("  %s: evaluating %s", name, model_dir)
+    log.info("  %s: evaluating %s%s", name, model_dir, f" behind {wrap}" if wrap else "")
     model, tokenizer, _ = load_model(str(model_dir))
     split = {"prefix_tokens": s.prefix_tokens, "suffix_tokens": s.suffix_tokens}
+    forget = split_records(data["forget"], tokenizer, **split)
+    lm = LM(model, tokenizer)
+    if wrap:
+        lm = wrap_leaky(wrap, lm, s, data, forget)
     result = evaluate(
-        model, tokenizer, tasks=tasks, limit=s.limit, el_n=10,
-        forget=split_records(data["forget"], tokenizer, **split),
+        lm, tokenizer, tasks=tasks, limit=s.limit, el_n=10, forget=forget,
         nonmember=split_records(data["nonmember"], tokenizer, **split, role="nonmember"),
     )
     result["settings"]["bench"] = stamp
     write_results(result, folder)
-    del model
+    del model, lm
     gc.collect()
     return result
 
@@ -426,7 +449,7 @@ def audit_models(s: BenchSettings, leaky: Path, files: dict[str, str], out: Path
         leaky_scores.pop("inputs")
         write_json(out / "leaky" / "scores.json", {**leaky_scores, "stamp": stamp})
     audits = {}
-    for name in s.methods:
+    for name in s.trained_methods:  # a baseline's weights are the leaky model's
         found, a, stamp = attacked(name, out.parent / "methods" / name)
         if "inputs" in found:
             found = audit_record(
@@ -463,6 +486,7 @@ def _check_same_settings(s: BenchSettings, out: Path) -> None:
 
 def run_bench(settings: BenchSettings | None = None) -> dict:
     """Run the whole comparison (see the module docstring); returns what results.json holds."""
+    from unlearnlm.bench.guards import run_guard
     from unlearnlm.bench.results import write_results_files
 
     s = settings or BenchSettings()
@@ -471,6 +495,10 @@ def run_bench(settings: BenchSettings | None = None) -> dict:
     log.info("Step 1/5  Data: forget set %s, retain, analogous pool, calibration and non-member "
              "texts", s.forget_set)
     data = prepare_data(s)
+    if "icul" in s.methods and len(data["retain"]) < s.icul_examples:
+        raise UnlearnError(f"icul shows {s.icul_examples} retain texts whole, and there are "
+                           f"{len(data['retain'])}; lower --icul-examples or give more "
+                           "retain texts")
     _check_same_settings(s, out)
     files = write_data(data, out / "data")
     log.info("  %s", ", ".join(f"{len(data[r])} {r}" for r in ROLES))
@@ -482,13 +510,16 @@ def run_bench(settings: BenchSettings | None = None) -> dict:
 
     log.info("Step 3/5  Unlearning, each method from the leaky model: %s", ", ".join(s.methods))
     runs = {name: run_dp(s, files["leaky_train"], out / "methods" / name) if name == DP_METHOD
+            else run_guard(name, s, leaky_dir, data, out / "methods" / name) if name in BASELINES
             else run_method(name, s, leaky_dir, files, out / "methods" / name)
             for name in s.methods}
 
     log.info("Step 4/5  Evaluating the leaky model, the retain model and every method")
     dirs = {"leaky": leaky_dir, "retain": models["retain"][0],
-            **{name: out / "methods" / name for name in s.methods}}
-    evals = {name: evaluate_model(name, path, s, data, out / "eval" / name)
+            **{name: leaky_dir if name in BASELINES else out / "methods" / name
+               for name in s.methods}}
+    evals = {name: evaluate_model(name, path, s, data, out / "eval" / name,
+                                  wrap=name if name in BASELINES else None)
              for name, path in dirs.items()}
     audits = None
     if s.audit:

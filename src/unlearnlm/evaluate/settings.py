@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from unlearnlm.data.texts import Sample, read_records, split_records
 from unlearnlm.errors import UnlearnError
 from unlearnlm.evaluate.judge import JudgeSettings
 from unlearnlm.evaluate.suite import TASKS, plan_tasks
+from unlearnlm.lm.guards import BASELINES, guarded
+from unlearnlm.lm.interface import LM
 from unlearnlm.settings import Settings, setting, shared
 
 
@@ -33,6 +36,20 @@ class EvalSettings(Settings):
         choices=("ours", "harness"))
     prefix_tokens: int = shared("prefix_tokens")
     suffix_tokens: int | None = shared("suffix_tokens")
+    wrap: str | None = setting(
+        None, "evaluate --model behind an inference-time baseline built from --forget, its "
+        f"weights unchanged: {', '.join(BASELINES)} (see docs/methods.md); null: the model "
+        "itself. --original and --retain are evaluated as they are", choices=BASELINES)
+    icul_pool: str | None = setting(
+        None, "--wrap icul: texts not in the forget set whose continuations follow the forget "
+        "prefixes in context (the pool of `unlearnlm unlearn`)")
+    icul_kept: str | None = setting(
+        None, "--wrap icul: texts shown whole with their true continuation (kept texts); null: "
+        "--icul-examples texts of --icul-pool")
+    icul_examples: int = shared("icul_examples")
+    guard_opening_tokens: int = shared("guard_opening_tokens")
+    filter_ngram: int = shared("filter_ngram")
+    seed: int = shared("seed", help="seed of icul's draw of pool and kept texts")
     judge_url: str | None = setting(
         None, "OpenAI-compatible API root (e.g. http://127.0.0.1:8000/v1): an LLM judge scores "
         "the forget generations 0-10")
@@ -50,6 +67,7 @@ class EvalSettings(Settings):
 
     def check(self) -> None:
         tasks = self.planned_tasks()
+        self._check_wrap()
         if not self.judge_url:
             if self.judge_model or self.judge_key_env:
                 raise UnlearnError("--judge-model and --judge-key-env need --judge-url; give the "
@@ -62,6 +80,42 @@ class EvalSettings(Settings):
             raise UnlearnError("the LLM judge scores the forget task; add forget to --tasks and "
                                "give --forget, or leave out --judge-url")
         self.judge()  # the judge's own checks (its URL, its key variable)
+
+    def _check_wrap(self) -> None:
+        if self.wrap is None:
+            if self.icul_pool or self.icul_kept:
+                raise UnlearnError("--icul-pool and --icul-kept build --wrap icul; add "
+                                   "--wrap icul or leave them out")
+            return
+        if not self.forget:
+            raise UnlearnError(f"--wrap {self.wrap} is built from the forget set; give --forget")
+        if self.wrap == "icul" and not self.icul_pool:
+            raise UnlearnError("--wrap icul needs --icul-pool: texts not in the forget set whose "
+                               "continuations it shows after the forget prefixes")
+        if self.wrap != "icul" and (self.icul_pool or self.icul_kept):
+            raise UnlearnError(f"--icul-pool and --icul-kept apply to --wrap icul, not --wrap "
+                               f"{self.wrap}; leave them out")
+        if self.backend == "harness":
+            raise UnlearnError(f"--wrap {self.wrap} is not one Hugging Face model, which the "
+                               "harness needs; use --backend ours")
+
+    def guarded(self, lm: LM, forget: list[Sample]) -> LM:
+        """``lm`` behind the ``--wrap`` baseline built from the split ``forget`` samples (icul's
+        texts split the same way), or ``lm`` itself without ``--wrap``."""
+        if self.wrap is None:
+            return lm
+        split = {"prefix_tokens": self.prefix_tokens, "suffix_tokens": self.suffix_tokens}
+
+        def texts(path: str | None, role: str) -> list[Sample] | None:
+            if not path:
+                return None
+            return split_records(read_records(path, role=role), lm.tokenizer, **split,
+                                 role=role)
+
+        return guarded(self.wrap, lm, forget, pool=texts(self.icul_pool, "pool") or (),
+                       kept=texts(self.icul_kept, "retain"),
+                       opening_tokens=self.guard_opening_tokens,
+                       icul_examples=self.icul_examples, ngram=self.filter_ngram, seed=self.seed)
 
     def planned_tasks(self) -> list[str]:
         """The tasks to run: ``tasks`` validated, or every task (less forget and mia without a

@@ -10,6 +10,10 @@
   decodes one token at a time: greedy and sampled decoding keep each member's key/value cache
   (``LM.forward_step``), beam search and members built from other models re-read every
   sequence (``lm.stepwise``).
+- ``FilteredLM``: an output filter. Scores pass through unchanged; a generation that reproduces
+  a blocked token n-gram (the forget set's) is replaced by a fixed refusal.
+
+``lm.guards`` builds the inference-time baselines of unlearning from these.
 """
 
 from __future__ import annotations
@@ -68,6 +72,10 @@ class PromptedLM(_Composite):
         if not parts:
             raise UnlearnError("give in-context examples or an instruction for the prompt")
         return cls(base, "".join(part + separator for part in parts))
+
+    @property
+    def generation_follows_argmax(self) -> bool:  # type: ignore[override]
+        return self.base.generation_follows_argmax
 
     @property
     def device(self) -> torch.device:
@@ -221,3 +229,96 @@ class EnsembleLM(_Composite):
     ) -> dict[tuple[int, int], list[int]]:
         """Re-reads the prefixes: the members' caches cannot be mixed into one."""
         return generate_jobs(sequences, jobs, self._greedy_batch, batch_size)
+
+
+class FilteredLM(_Composite):
+    """``base`` whose generations are checked against blocked token n-grams (an output filter,
+    after Thaker et al. 2024, "Guardrail Baselines for Unlearning in LLMs").
+
+    A continuation is withheld when it reproduces an n-gram of ``blocked`` (token ids, the forget
+    set): when any n consecutive tokens of (the input's last n - 1 tokens + the continuation)
+    are one, so a continuation that carries on a blocked text from the input's end is caught at
+    its first reproduced token. A withheld continuation is replaced by ``refusal``'s tokens, cut
+    to the length asked for (``max_new_tokens``, or the rest of the sequence for EL); one that
+    reproduces nothing passes unchanged. Teacher-forced scores pass through unchanged: the filter
+    sees only what is generated, so MA, perplexity, choice tasks and membership inference read
+    the base model's log-probabilities, and the weights keep what they know.
+    """
+
+    generation_follows_argmax = False  # a withheld continuation is not the argmax
+
+    def __init__(self, base: LM, blocked: Sequence[Sequence[int]], n: int,
+                 refusal: str | Sequence[int] = " [withheld]") -> None:
+        if n < 1:
+            raise UnlearnError(f"the filter's n-gram length is {n}; give 1 or more")
+        super().__init__(base.model, base.tokenizer, pad_token_id=base.pad_token_id)
+        self.base, self.n = base, n
+        self.ngrams = {tuple(seq[i : i + n]) for seq in blocked for i in range(len(seq) - n + 1)}
+        if not self.ngrams:
+            raise UnlearnError(f"no blocked text has {n} tokens, so the filter would pass "
+                               "everything; give a shorter n-gram length or longer texts")
+        if isinstance(refusal, str):
+            if base.tokenizer is None:
+                raise UnlearnError("a text refusal needs the base model's tokenizer; give token "
+                                   "ids or build the base LM with its tokenizer")
+            refusal = base.tokenizer(refusal, add_special_tokens=False)["input_ids"]
+        self.refusal = [int(t) for t in refusal]
+        if self.reproduces([], self.refusal):
+            raise UnlearnError("the refusal itself reproduces a blocked n-gram; give another")
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    def modules(self) -> list[torch.nn.Module]:
+        return self.base.modules()
+
+    def context_limit(self, cap: int = 1024) -> int:
+        return self.base.context_limit(cap)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.base.logits(input_ids, attention_mask)
+
+    def reproduces(self, context: Sequence[int], continuation: Sequence[int]) -> bool:
+        """Whether some n-gram of (the last n - 1 tokens of ``context`` + ``continuation``) is
+        blocked; each such n-gram holds at least one token of the continuation."""
+        window = [*context[max(0, len(context) - self.n + 1) :], *continuation]
+        return any(tuple(window[i : i + self.n]) in self.ngrams
+                   for i in range(len(window) - self.n + 1))
+
+    def filtered(self, context: Sequence[int], continuation: list[int], size: int) -> list[int]:
+        """``continuation``, or the refusal cut to ``size`` tokens when it reproduces one."""
+        return self.refusal[:size] if self.reproduces(context, continuation) else continuation
+
+    def generate(
+        self, prefixes: list[list[int]], max_new_tokens: int, **options: Any
+    ) -> list[list[int]]:
+        outputs = self.base.generate(prefixes, max_new_tokens, **options)
+        return [self.filtered(p, out, max_new_tokens)
+                for p, out in zip(prefixes, outputs, strict=True)]
+
+    def greedy_to_the_end(
+        self,
+        sequences: list[list[int]],
+        predictions: list[list[int]],
+        jobs: list[tuple[int, int]],
+        batch_size: int,
+    ) -> dict[tuple[int, int], list[int]]:
+        """The base model's greedy continuation of each job, then filtered. The base model's
+        continuation from t is x_t..x_{u-1} (while its argmax at u - 1 is x_u), then its greedy
+        continuation from u, so only the starts u are generated (the EL shortcut)."""
+        first_miss = {}
+        for i, t in jobs:
+            tokens, u = sequences[i], t
+            while u < len(tokens) and predictions[i][u - 1] == tokens[u]:
+                u += 1
+            first_miss[(i, t)] = u
+        needed = sorted({(i, u) for (i, _), u in first_miss.items() if u < len(sequences[i])})
+        generated = self.base.greedy_to_the_end(sequences, predictions, needed, batch_size)
+        results = {}
+        for (i, t), u in first_miss.items():
+            tokens = sequences[i]
+            continuation = tokens[t:u] + generated.get((i, u), [])
+            size = len(tokens) - t
+            results[(i, t)] = self.filtered(tokens[:t], continuation[:size], size)
+        return results

@@ -17,6 +17,10 @@ a model goes through it:
   the greedy continuations that extraction likelihood needs, from each sequence's own
   key/value cache (``lm.cached``) where the model allows.
 - ``LM.load(spec)`` and ``save(out_dir)`` (``lm.loading``, the one save path).
+- ``generation_follows_argmax``: whether greedy generation is the teacher-forced argmax, token by
+  token. True for every model that only scores; a model that edits what it generates
+  (``lm.composite.FilteredLM``, an output filter) says False, and extraction likelihood then asks
+  it for the continuation from every start instead of building them from the argmax.
 
 Metrics take either an ``LM`` or a raw model; ``as_lm`` wraps the latter at the entry point.
 ``lm.lora.with_lora`` returns a plain ``LM`` around a LoRA-adapted model: nothing else differs.
@@ -58,6 +62,8 @@ class Targets:
 
 class LM:
     """A Hugging Face causal LM and its tokenizer behind one interface (module docstring)."""
+
+    generation_follows_argmax = True
 
     def __init__(self, model, tokenizer=None, *, pad_token_id: int | None = None) -> None:
         self.model = model

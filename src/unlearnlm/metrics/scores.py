@@ -195,7 +195,9 @@ def extraction_likelihood(
     all, and only those are generated, batched across starts and samples. Same values as
     ``extraction_likelihood_naive`` (up to float ties between near-equal logits). ``start`` may
     be one value per sequence (prefixes of different lengths), so that all the generations share
-    batches: on a CPU a decoding step costs about the same for 8 rows as for 128.
+    batches: on a CPU a decoding step costs about the same for 8 rows as for 128. A model whose
+    generation is not its argmax (``LM.generation_follows_argmax`` False: an output filter) is
+    asked for the continuation from every start that has an n-gram instead.
     """
     starts = [start] * len(sequences) if isinstance(start, int) else list(start)
     if len(starts) != len(sequences):
@@ -203,11 +205,15 @@ def extraction_likelihood(
     _check_el_arguments(sequences, min(starts, default=1), n)  # the smallest start decides
     lm = as_lm(model, pad_token_id=pad_token_id)
     predictions = lm.next_token_argmax(sequences, min(batch_size, 32))
-    jobs = [
-        (i, t)
-        for i, tokens in enumerate(sequences)
-        for t in _positions_to_generate(tokens, predictions[i], starts[i], n)
-    ]
+    if lm.generation_follows_argmax:
+        jobs = [
+            (i, t)
+            for i, tokens in enumerate(sequences)
+            for t in _positions_to_generate(tokens, predictions[i], starts[i], n)
+        ]
+    else:  # the shortcut does not hold (an output filter): every start that has an n-gram
+        jobs = [(i, t) for i, tokens in enumerate(sequences)
+                for t in range(starts[i], len(tokens) - n + 1)]
     generated: list[dict[int, list[int]]] = [{} for _ in sequences]
     for (i, t), continuation in lm.greedy_to_the_end(
         sequences, predictions, jobs, batch_size
