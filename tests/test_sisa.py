@@ -221,3 +221,47 @@ def test_a_shard_emptied_by_a_deletion_keeps_its_initial_adapter(trained, tmp_pa
         assert all(torch.equal(initial[k], v) for k, v in _adapter(out, 1, stage).items())
     assert _files(out / "shard-0") == _files(trained / "shard-0")
     assert {t.shard for t in read_sisa(out)[1]} == {0}
+
+
+def test_the_bench_row_trains_on_forget_and_retain_then_deletes_the_forget_set(
+        tiny_llama_dir, data_dir, tmp_path, monkeypatch):
+    """``bench --methods sisa``: the SISA training holds forget + retain texts, the scored
+    folder only the retain texts; the row has the suite's numbers, the deletion's time and its
+    note; a re-run reuses both folders and the evaluation; other SISA settings are refused;
+    the audit leaves the ensemble out."""
+    from test_bench import NONMEMBER_RECORDS, RETAIN_RECORDS
+    from unlearnlm.bench.runner import BenchSettings, run_bench
+
+    monkeypatch.setenv("UNLEARNLM_CACHE", str(tmp_path / "cache"))
+    files = {name: str(write_jsonl(tmp_path / f"{name}.jsonl", texts)) for name, texts in [
+        ("forget", FORGET_RECORDS), ("retain", RETAIN_RECORDS), ("pool", POOL_RECORDS),
+        ("calibration", CALIBRATION_RECORDS), ("nonmember", NONMEMBER_RECORDS)]}
+    out = tmp_path / "bench"
+    settings = BenchSettings(
+        model=str(tiny_llama_dir), forget_set=files["forget"], retain=files["retain"],
+        pool=files["pool"], calibration=files["calibration"], nonmember=files["nonmember"],
+        out=str(out), methods="sisa", tasks=["forget", "mia"], limit=2, prefix_tokens=4,
+        suffix_tokens=None, batch_size=2, finetune_lr=3e-3, finetune_epochs=40,
+        finetune_target=0.9, sisa_shards=2, sisa_epochs=2, sisa_lora_rank=2)
+    results = run_bench(settings)
+    row = {r["name"]: r for r in results["rows"]}["sisa"]
+    _, before = read_sisa(out / "methods" / "sisa-trained")
+    _, after = read_sisa(out / "methods" / "sisa")
+    assert sorted(t.text for t in before) == sorted(FORGET_RECORDS + RETAIN_RECORDS)
+    assert sorted(t.text for t in after) == sorted(RETAIN_RECORDS)
+    deletion = json.loads((out / "methods" / "sisa" / "sisa.json").read_text())["deletions"][-1]
+    assert row["role"] == "sisa" and row["wall_time_s"] == deletion["seconds"]
+    assert row["sisa"]["texts_deleted"] == len(FORGET_RECORDS)
+    assert row["ma"] is not None and row["mia_auc"] is not None
+    assert row["weights_mia_auc"] == row["mia_auc"]
+    markdown = (out / "results.md").read_text()
+    assert "forget texts deleted exactly" in markdown and "- sisa: an exact deletion" in markdown
+
+    stamps = {p: p.stat().st_mtime_ns for p in [*out.glob("methods/*/sisa.json"),
+                                                *out.glob("eval/*/eval.json")]}
+    assert len(stamps) == 2 + 3
+    run_bench(settings)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    with pytest.raises(UnlearnError, match="other settings.*epochs"):
+        run_bench(BenchSettings(**{**vars(settings), "sisa_epochs": 3}))
+    assert BenchSettings(methods="ga,sisa,dp").audited_methods == ["ga", "dp"]

@@ -242,7 +242,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if s.audit:  # each method's audit as a report of its own, beside its audit.json
         from unlearnlm.report.audit import write_audit_report
 
-        for name in s.trained_methods:
+        for name in s.audited_methods:
             folder = Path(s.out) / "audit" / name
             write_audit_report(json.loads((folder / "audit.json").read_text()), folder)
     print(table_markdown(results["rows"]))

@@ -12,7 +12,9 @@ The protocol (as TOFU does it: Maini et al. 2024), step by step:
    it never seen the forget set. Both are cached, keyed by a hash of their inputs.
 3. Unlearning. Every method starts from the leaky model, with the same data and settings
    (``out/methods/NAME``). The ``dp`` row unlearns nothing: it is the leaky model's fine-tuning
-   under DP-SGD (``bench.dp``). An inference-time baseline (``guard-prompt``, ``icul``,
+   under DP-SGD (``bench.dp``). The ``sisa`` row is a SISA ensemble trained on forget + retain
+   texts, from which the forget set is deleted exactly (``bench.sisa``). An inference-time
+   baseline (``guard-prompt``, ``icul``,
    ``guard-filter``) trains nothing either: the leaky model is wrapped, and its generation cost
    is timed (``bench.guards``).
 4. Evaluation. The leaky model, the retain model and every method's result
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearnlm.bench.dp import DP_METHOD, run_dp
+from unlearnlm.bench.sisa import SISA_METHOD, run_sisa
 from unlearnlm.data.texts import Record, read_records, texts_sha256
 from unlearnlm.errors import UnlearnError
 from unlearnlm.lm.guards import BASELINES
@@ -56,6 +59,7 @@ ROLES = ("forget", "retain", "pool", "calibration", "nonmember")
 # usable)
 EVAL_ONLY = ("out", "methods", "tasks", "limit", "nonmember", "nonmember_size", "audit",
              "audit_attacks", "audit_el", "dp_epsilon", "dp_delta", "dp_max_grad_norm",
+             "sisa_shards", "sisa_slices", "sisa_epochs", "sisa_lr", "sisa_lora_rank",
              "guard_opening_tokens", "icul_examples", "filter_ngram")
 
 
@@ -150,6 +154,13 @@ class BenchSettings(Settings):
                               interval="(0, 1)")
     dp_max_grad_norm: float = setting(1.0, "the dp row: each text's gradient is clipped to this "
                                       "L2 norm", positive=True)
+    sisa_shards: int = setting(4, "the sisa row: shards, one LoRA adapter each", positive=True)
+    sisa_slices: int = setting(2, "the sisa row: slices per shard, a checkpoint after each",
+                               positive=True)
+    sisa_epochs: int = setting(10, "the sisa row: epochs of each stage", positive=True)
+    sisa_lr: float = setting(5e-3, "the sisa row: learning rate of the adapters", positive=True)
+    sisa_lora_rank: int = setting(8, "the sisa row: LoRA rank of every shard's adapter",
+                                  positive=True)
     guard_opening_tokens: int = shared("guard_opening_tokens")
     icul_examples: int = shared("icul_examples")
     filter_ngram: int = shared("filter_ngram")
@@ -158,7 +169,7 @@ class BenchSettings(Settings):
         from unlearnlm.evaluate.suite import resolve_tasks
 
         self.methods = name_list(self.methods)
-        known = [*METHODS, DP_METHOD, *BASELINES]
+        known = [*METHODS, DP_METHOD, SISA_METHOD, *BASELINES]
         unknown = [m for m in self.methods if m not in known]
         if unknown or not self.methods:
             problem = f"unknown method '{unknown[0]}'" if unknown else "no method given"
@@ -166,7 +177,7 @@ class BenchSettings(Settings):
         self.tasks = name_list(self.tasks)
         resolve_tasks(self.tasks)
         for method in self.trained_methods:  # the loop's own checks, before any work
-            if method != DP_METHOD:
+            if method not in (DP_METHOD, SISA_METHOD):
                 self.unlearn_settings(method)
         if self.audit:  # the attack names, checked before any work
             self.audit_settings("leaky", "leaky", {"pool": "pool.jsonl"})
@@ -176,6 +187,12 @@ class BenchSettings(Settings):
         """The methods with weights of their own (dp included; the others, the inference-time
         baselines, wrap the leaky model)."""
         return [m for m in self.methods if m not in BASELINES]
+
+    @property
+    def audited_methods(self) -> list[str]:
+        """The methods the audit attacks: those with one set of weights of their own (not the
+        sisa ensemble, not the baselines)."""
+        return [m for m in self.trained_methods if m != SISA_METHOD]
 
     def unlearn_settings(self, method: str) -> Any:
         """The loop's settings of one method (every method gets the same ones)."""
@@ -400,10 +417,16 @@ def evaluate_model(name: str, model_dir: Path, s: BenchSettings,
             log.info("  %s: reusing %s", name, path)
             return result
     log.info("  %s: evaluating %s%s", name, model_dir, f" behind {wrap}" if wrap else "")
-    model, tokenizer, _ = load_model(str(model_dir))
+    if (model_dir / "sisa.json").is_file():  # bench.sisa: an ensemble of adapters
+        from unlearnlm.train.sisa import sisa_ensemble
+
+        model = sisa_ensemble(model_dir)
+        tokenizer = model.tokenizer
+    else:
+        model, tokenizer, _ = load_model(str(model_dir))
     split = {"prefix_tokens": s.prefix_tokens, "suffix_tokens": s.suffix_tokens}
     forget = split_records(data["forget"], tokenizer, **split)
-    lm = LM(model, tokenizer)
+    lm = model if isinstance(model, LM) else LM(model, tokenizer)
     if wrap:
         lm = wrap_leaky(wrap, lm, s, data, forget)
     result = evaluate(
@@ -449,7 +472,7 @@ def audit_models(s: BenchSettings, leaky: Path, files: dict[str, str], out: Path
         leaky_scores.pop("inputs")
         write_json(out / "leaky" / "scores.json", {**leaky_scores, "stamp": stamp})
     audits = {}
-    for name in s.trained_methods:  # a baseline's weights are the leaky model's
+    for name in s.audited_methods:  # a baseline's weights are the leaky model's
         found, a, stamp = attacked(name, out.parent / "methods" / name)
         if "inputs" in found:
             found = audit_record(
@@ -510,6 +533,7 @@ def run_bench(settings: BenchSettings | None = None) -> dict:
 
     log.info("Step 3/5  Unlearning, each method from the leaky model: %s", ", ".join(s.methods))
     runs = {name: run_dp(s, files["leaky_train"], out / "methods" / name) if name == DP_METHOD
+            else run_sisa(s, files, out / "methods" / name) if name == SISA_METHOD
             else run_guard(name, s, leaky_dir, data, out / "methods" / name) if name in BASELINES
             else run_method(name, s, leaky_dir, files, out / "methods" / name)
             for name in s.methods}
@@ -525,6 +549,8 @@ def run_bench(settings: BenchSettings | None = None) -> dict:
     if s.audit:
         log.info("Step 4/5  The audit: every method's model, attacked, against the leaky one")
         audits = audit_models(s, leaky_dir, files, out / "audit")
+        if SISA_METHOD in s.methods:
+            log.info("  %s: not audited (the attacks need one set of weights)", SISA_METHOD)
 
     log.info("Step 5/5  Results")
     results = write_results_files(out, s, data, models, runs, evals, audits)

@@ -233,8 +233,7 @@ def sisa_train(s: SisaTrainSettings) -> dict:
     start = time.perf_counter()
     trainer = _ShardTrainer(s, s.cpu)
     record = {
-        "method": "sisa", "settings": {name: getattr(s, name) for name in _TRAINING}
-        | {"model": _where(s.model)},
+        "method": "sisa", "settings": new_record_settings(s),
         "model_sha256": identity, "data": s.data,
         "data_sha256": file_sha256(s.data), "versions": environment_versions(),
         "texts": [], "stages": {}, "deletions": [],
@@ -247,6 +246,11 @@ def sisa_train(s: SisaTrainSettings) -> dict:
         record["seconds"] = round(time.perf_counter() - start, 2)
         _finish(tmp, record, texts)
     return record
+
+
+def new_record_settings(s: SisaTrainSettings) -> dict:
+    """What ``sisa.json`` records of the settings (what shapes the training)."""
+    return {name: getattr(s, name) for name in _TRAINING} | {"model": _where(s.model)}
 
 
 def _where(model: str) -> str:
