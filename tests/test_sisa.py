@@ -265,3 +265,26 @@ def test_the_bench_row_trains_on_forget_and_retain_then_deletes_the_forget_set(
     with pytest.raises(UnlearnError, match="other settings.*epochs"):
         run_bench(BenchSettings(**{**vars(settings), "sisa_epochs": 3}))
     assert BenchSettings(methods="ga,sisa,dp").audited_methods == ["ga", "dp"]
+
+
+def test_eval_scores_a_sisa_folder_as_its_ensemble(trained, tmp_path):
+    """``unlearnlm eval --model DIR`` on a SISA folder: the forget set's MA in eval.json is the
+    ensemble's, computed here by hand from its teacher-forced argmax."""
+    from unlearnlm.data.texts import split_records
+
+    forget = write_jsonl(tmp_path / "forget.jsonl", TEXTS[:3])
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(trained), "--forget", str(forget), "--nonmember",
+                 str(write_jsonl(tmp_path / "other.jsonl", TEXTS[3:6])), "--tasks", "forget",
+                 "--prefix-tokens", "4", "--suffix-tokens", "null", "--out", str(out)]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    ensemble = sisa_ensemble(trained)
+    samples = split_records([Record(str(i), t) for i, t in enumerate(TEXTS[:3])],
+                            ensemble.tokenizer, 4, None)
+    by_hand = []
+    for sample, argmax in zip(samples, ensemble.next_token_argmax([s.input_ids for s in samples]),
+                              strict=True):
+        start = len(sample.prefix_ids)
+        hits = [argmax[t - 1] == sample.input_ids[t] for t in range(start, len(sample.input_ids))]
+        by_hand.append(sum(hits) / len(hits))
+    assert result["tasks"]["forget"]["aggregate"]["ma"] == pytest.approx(sum(by_hand) / 3)

@@ -169,8 +169,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         write_results,
     )
     from unlearnlm.lm.guards import guard_summary
-    from unlearnlm.lm.interface import LM
-    from unlearnlm.lm.loading import load_model
+    from unlearnlm.train.sisa import load_lm
 
     s = settings_from_args(EvalSettings, args)
     tasks = s.planned_tasks()
@@ -186,9 +185,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     split = {"prefix_tokens": s.prefix_tokens, "suffix_tokens": s.suffix_tokens}
     runs = [("", s.model), ("original", s.original), ("retain", s.retain)]
     for name, model_path in [(n, m) for n, m in runs if m]:
-        model, tokenizer, _ = load_model(model_path)
+        lm = load_lm(model_path)  # a SISA folder: its ensemble
+        tokenizer = lm.tokenizer
         samples = split_records(forget, tokenizer, **split) if forget else None
-        lm = LM(model, tokenizer)
         if not name and s.wrap:  # the inference-time baseline wraps --model only
             lm = s.guarded(lm, samples)
         result = evaluate(
@@ -206,7 +205,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"== {name or 'model'}: {model_path}")
         print(aggregate_table(result))
         print(f"Per-sample results in {path}")
-        del model, lm
+        del lm
     return 0
 
 

@@ -401,8 +401,7 @@ def evaluate_model(name: str, model_dir: Path, s: BenchSettings,
     from unlearnlm.bench.guards import guard_stamp, wrap_leaky
     from unlearnlm.data.texts import split_records
     from unlearnlm.evaluate.suite import evaluate, resolve_tasks, write_results
-    from unlearnlm.lm.interface import LM
-    from unlearnlm.lm.loading import load_model
+    from unlearnlm.train.sisa import load_lm
 
     tasks = resolve_tasks(s.tasks)
     stamp = {"model": str(model_dir), "tasks": tasks, "limit": s.limit,
@@ -417,16 +416,10 @@ def evaluate_model(name: str, model_dir: Path, s: BenchSettings,
             log.info("  %s: reusing %s", name, path)
             return result
     log.info("  %s: evaluating %s%s", name, model_dir, f" behind {wrap}" if wrap else "")
-    if (model_dir / "sisa.json").is_file():  # bench.sisa: an ensemble of adapters
-        from unlearnlm.train.sisa import sisa_ensemble
-
-        model = sisa_ensemble(model_dir)
-        tokenizer = model.tokenizer
-    else:
-        model, tokenizer, _ = load_model(str(model_dir))
+    lm = load_lm(str(model_dir))  # bench.sisa's folder: its ensemble
+    tokenizer = lm.tokenizer
     split = {"prefix_tokens": s.prefix_tokens, "suffix_tokens": s.suffix_tokens}
     forget = split_records(data["forget"], tokenizer, **split)
-    lm = model if isinstance(model, LM) else LM(model, tokenizer)
     if wrap:
         lm = wrap_leaky(wrap, lm, s, data, forget)
     result = evaluate(
@@ -435,7 +428,7 @@ def evaluate_model(name: str, model_dir: Path, s: BenchSettings,
     )
     result["settings"]["bench"] = stamp
     write_results(result, folder)
-    del model, lm
+    del lm
     gc.collect()
     return result
 

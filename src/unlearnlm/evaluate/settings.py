@@ -20,8 +20,8 @@ class EvalSettings(Settings):
     command = "eval"
     required = ("model", "out")
 
-    model: str = shared("model", help="model to evaluate (directory, hub id, .gguf or "
-                        "smollm2-135m)")
+    model: str = shared("model", help="model to evaluate (directory, hub id, .gguf, "
+                        "smollm2-135m, or a SISA folder: its ensemble)")
     forget: str | None = setting(None, "forget set (.jsonl, .csv, .txt) for forget and mia")
     nonmember: str | None = setting(
         None, "texts the model never saw; null: the extraction benchmark's val split")

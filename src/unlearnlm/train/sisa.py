@@ -368,3 +368,13 @@ def sisa_ensemble(folder: str | Path):
     return adapter_ensemble(model, tokenizer, {f"shard-{k}": slice_dir(folder, k, last)
                                                for k in range(settings["shards"])})
 
+
+
+def load_lm(spec: str):
+    """``spec`` as an ``LM``: a SISA folder as its ensemble, anything else as ``LM.load`` reads
+    it (``--model`` of ``unlearnlm eval`` and the bench's models)."""
+    from unlearnlm.lm.interface import LM
+
+    if (Path(spec).expanduser() / RECORD).is_file():
+        return sisa_ensemble(Path(spec).expanduser())
+    return LM.load(spec)
