@@ -57,7 +57,7 @@ def test_memory_benchmark_counts_what_each_mode_keeps(tiny_llama_dir):
     assert lora["bytes"]["weights"] == pytest.approx(full["bytes"]["weights"] + 4 * adapter)
 
 
-def test_sisa_deletion_benchmark_on_the_tiny_model(tiny_llama_dir, tmp_path):
+def test_sisa_deletion_benchmark_on_the_tiny_model(tiny_llama_dir, tmp_path, monkeypatch):
     """The whole measurement on the tiny Llama: both deletions equal nothing but the retrain
     (the eight-record deletion's adapters are the retrain's, tensor for tensor), the ratios are
     the printed times' quotients, and every model has its leak counts and perplexity."""
@@ -77,3 +77,15 @@ def test_sisa_deletion_benchmark_on_the_tiny_model(tiny_llama_dir, tmp_path):
     for row in result["models"].values():
         assert 0 <= row["forget_leaked"] <= 32 and 0 <= row["kept_leaked"] <= 64
         assert row["wikitext_ppl"] > 1
+
+    # each shard alone, on its own records and on the others'
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    shards = _script("sisa_shards").main(["--sisa", str(tmp_path / "sisa" / "trained")])["shards"]
+    assert [r["shard"] for r in shards] == [0, 1]
+    assert sum(r["texts"] for r in shards) == 24 and [r["texts"] for r in shards] == \
+        result["shard_sizes"]
+    for row in shards:
+        assert row["own_fields"] == 4 * row["texts"] and row["others_fields"] == 4 * (24 - row[
+            "texts"])
+        assert 0 <= row["own_leaked"] <= row["own_fields"]
+        assert 0 <= row["others_leaked"] <= row["others_fields"]
