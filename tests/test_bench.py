@@ -63,6 +63,16 @@ def test_unknown_methods_and_tasks_are_refused(capsys):
     assert BenchSettings(methods=" icu, ga ,icu").methods == ["icu", "ga"]
 
 
+def test_simnpo_rmu_and_undial_are_bench_rows():
+    """The bench takes its method names from METHODS: the three later methods are accepted from
+    the command line's comma list, each gets the loop's settings, and they are in the default
+    list of methods to compare."""
+    settings = BenchSettings(methods="simnpo,rmu,undial")
+    assert settings.methods == ["simnpo", "rmu", "undial"]
+    assert [settings.unlearn_settings(m).method for m in settings.methods] == settings.methods
+    assert {"simnpo", "rmu", "undial"} <= set(BenchSettings().methods)
+
+
 def test_calibration_settings_reach_every_method_and_bad_ones_are_refused():
     config = BenchSettings(calibration_quantile=0.75, calibration_stop="quantile",
                            methods="icu,npo").unlearn_settings("npo")

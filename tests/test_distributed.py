@@ -211,3 +211,30 @@ def test_a_killed_two_process_run_resumes_to_the_same_result(one_process, leaky_
     done = subprocess.run(resume, env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     _same_result(one_process, out)
+
+
+@pytest.mark.slow
+def test_rmu_with_two_processes_gives_the_one_process_weights(leaky_llama_dir, record_files,
+                                                               tmp_path):
+    """RMU's terms read block 0's output, so block 1, the final norm and the output layer get no
+    gradient; DDP, told to expect that, still averages the rest: two processes end within 1e-4
+    of one process, and neither moves block 1."""
+    rmu = {"method": "rmu", "rmu_layer": 0, "lr": 1e-2, "max_epochs": 2, "batch_size": 3,
+           "prefix_tokens": 4, "suffix_tokens": "null", "el_every_epoch": False,
+           "ma_threshold": 0.0, "guard_ppl_factor": "null", "seed": 7}
+    files = [f"--forget={record_files['forget']}", f"--retain={record_files['calibration']}",
+             "--no-check"]
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in rmu.items()] + files
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = [sys.executable, "-m", "unlearnlm", "-q", "unlearn", "--model", str(leaky_llama_dir),
+              "--out", str(one), *flags]
+    for command in (single, _launch(["--model", str(leaky_llama_dir), "--out", str(two),
+                                     *flags])):
+        done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    start = load_file(str(leaky_llama_dir / "model.safetensors"))
+    wa, wb = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < WEIGHT_TOLERANCE
+    assert all(torch.equal(wb[k], start[k]) for k in start if k.startswith("model.layers.1."))
+    assert not torch.equal(wb["model.layers.0.mlp.down_proj.weight"],
+                           start["model.layers.0.mlp.down_proj.weight"])

@@ -10,17 +10,25 @@ import pytest
 import torch
 
 from unlearnlm.data.texts import Sample
+from unlearnlm.errors import UnlearnError
 from unlearnlm.methods.losses import (
     LOSS_TERMS,
     METHODS,
+    TermOptions,
+    block_output,
     combined_loss,
     dpo,
     forget_ga,
     kl_to_reference,
     nll,
     npo,
+    rmu_forget,
+    rmu_retain,
     sequence_logprobs,
+    simnpo,
+    steering_vector,
     token_logprobs,
+    undial,
 )
 from unlearnlm.train.unlearn import completion_batch
 
@@ -230,3 +238,212 @@ def test_dpo_term_starts_at_log_two(tiny_llama_dir):
                             with_true_suffix=True)
     total, parts = combined_loss(METHODS["dpo"].weights, model, reference, {"preference": pref})
     assert parts["forget_dpo"] == pytest.approx(math.log(2.0), abs=1e-5)
+
+
+# --- SimNPO, UNDIAL, RMU ------------------------------------------------------------------------
+
+# Vocabulary of 2, logits (0, log 3) at every position: P(token 1) = 3/4, P(token 0) = 1/4.
+THREE_QUARTERS = [0.0, math.log(3.0)]
+
+
+def test_simnpo_matches_hand_computation():
+    """Row A = [0, 1, 1], both targets token 1: mean NLL -log 3/4, geometric-mean probability
+    p_A = 3/4. Row B = [0, 1, 0]: targets 1 and 0, p_B = sqrt(3/4 * 1/4) = sqrt(3)/4. A row's loss
+    is -(2/beta) log sigmoid(beta NLL - gamma) = (2/beta) log(1 + e^gamma p^beta).
+    beta 2, gamma 0: log(1 + 9/16) = 0.44629 and log(1 + 3/16) = 0.17185, mean 0.30907.
+    beta 1, gamma log 2: 2 log(1 + 2 * 3/4) = 1.83258 and 2 log(1 + sqrt(3)/2) = 1.24762, mean
+    1.54010."""
+    logits = torch.tensor([[THREE_QUARTERS] * 3] * 2)
+    ids = torch.tensor([[0, 1, 1], [0, 1, 0]])
+    mask = torch.tensor([[0, 1, 1], [0, 1, 1]])
+    assert simnpo(logits, ids, mask, beta=2.0, gamma=0.0).item() == pytest.approx(
+        (math.log(25 / 16) + math.log(19 / 16)) / 2, abs=1e-6)
+    assert simnpo(logits, ids, mask, beta=1.0, gamma=math.log(2.0)).item() == pytest.approx(
+        (2 * math.log(2.5) + 2 * math.log(1 + math.sqrt(3) / 2)) / 2, abs=1e-6)
+
+
+def test_simnpo_is_normalised_by_length_where_npo_is_not():
+    """Target 1 four times instead of twice: the geometric-mean probability stays 3/4, so SimNPO
+    is unchanged (log(25/16) at beta 2); NPO sums the log-ratio over tokens and changes."""
+    short_ids, long_ids = torch.tensor([[0, 1, 1]]), torch.tensor([[0, 1, 1, 1, 1]])
+    short = torch.tensor([[THREE_QUARTERS] * 3])
+    long = torch.tensor([[THREE_QUARTERS] * 5])
+    values = [simnpo(x, ids, torch.ones_like(ids), beta=2.0).item()
+              for x, ids in ((short, short_ids), (long, long_ids))]
+    assert values == pytest.approx([math.log(25 / 16)] * 2, abs=1e-6)
+    reference = torch.zeros(1, 5, 2)  # P = 1/2: NPO's log-ratio per token is log(3/2)
+    npo_short = npo(short, reference[:, :3], short_ids, torch.ones_like(short_ids), beta=1.0)
+    npo_long = npo(long, reference, long_ids, torch.ones_like(long_ids), beta=1.0)
+    assert npo_long.item() > npo_short.item() + 0.5
+
+
+def test_undial_matches_hand_computation_on_three_tokens():
+    """One target, token 1, vocabulary of 3. Reference logits (1, 2, 0), strength 2: adjusted
+    (1, 0, 0), so q = (e, 1, 1) / (e + 2) = (0.57612, 0.21194, 0.21194). A uniform policy gives
+    KL(q || 1/3) = log 3 + sum q log q = 0.12324; the policy equal to the adjusted logits gives 0;
+    the policy equal to the reference, p = (e, e^2, 1) / (e + e^2 + 1), gives sum q log(q / p)."""
+    ids = torch.tensor([[0, 1]])
+    mask = torch.tensor([[0, 1]])
+    reference = torch.tensor([[[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]]])
+    e = math.e
+    q = [e / (e + 2), 1 / (e + 2), 1 / (e + 2)]
+    p = [e / (e + e * e + 1), e * e / (e + e * e + 1), 1 / (e + e * e + 1)]
+    uniform = torch.zeros(1, 2, 3)
+    assert undial(uniform, reference, ids, mask, strength=2.0).item() == pytest.approx(
+        math.log(3) + sum(x * math.log(x) for x in q), abs=1e-6)
+    assert undial(uniform, reference, ids, mask, strength=2.0).item() == pytest.approx(
+        0.12324, abs=1e-5)
+    adjusted = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    assert undial(adjusted, reference, ids, mask, strength=2.0).item() == pytest.approx(
+        0.0, abs=1e-6)
+    assert undial(reference, reference, ids, mask, strength=2.0).item() == pytest.approx(
+        sum(a * math.log(a / b) for a, b in zip(q, p)), abs=1e-6)
+
+
+def test_undial_lowers_the_token_each_position_predicts():
+    """ids [0, 2, 1], reference logits 0, strength log 2: position 0 predicts token 2, so its
+    target is (1, 1, 1/2) / 2.5 = (0.4, 0.4, 0.2); position 1 predicts token 1: (0.4, 0.2, 0.4).
+    A policy with logits (0, 0, -log 2) then uniform matches the first exactly (KL 0) and is
+    KL(q || 1/3) = log 3 + 2 * 0.4 log 0.4 + 0.2 log 0.2 = 0.04369 off the second: mean 0.02185.
+    Lowering the wrong tokens would leave position 0 off its target."""
+    ids = torch.tensor([[0, 2, 1]])
+    mask = torch.tensor([[0, 1, 1]])
+    reference = torch.zeros(1, 3, 3)
+    policy = torch.tensor([[[0.0, 0.0, -math.log(2.0)], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    second = math.log(3) + 2 * 0.4 * math.log(0.4) + 0.2 * math.log(0.2)
+    assert undial(policy, reference, ids, mask, strength=math.log(2.0)).item() == pytest.approx(
+        second / 2, abs=1e-6)
+    assert reference.abs().sum() == 0  # the reference logits are not changed in place
+
+
+def test_steering_vector_is_a_seeded_unit_vector():
+    u = steering_vector(16, seed=3)
+    assert u.shape == (16,) and u.norm().item() == pytest.approx(1.0, abs=1e-6)
+    assert (u >= 0).all()  # uniform in [0, 1) before scaling, as WMDP draws it
+    assert torch.equal(u, steering_vector(16, seed=3))
+    assert not torch.equal(u, steering_vector(16, seed=4))
+
+
+def test_rmu_terms_match_hand_computation():
+    """Hidden states (width 2) at three positions; position 0 is never a target. Policy: (100,
+    100), (3, 4), (0, 0); target c u = (1, 0): the squared distances over width are (4 + 16) / 2 =
+    10 and (1 + 0) / 2 = 0.5, mean 5.25; with the second target masked, 10. Reference states
+    (_, (1, 1), (0, 2)): (4 + 9) / 2 = 6.5 and (0 + 4) / 2 = 2, mean 4.25. With ``total`` 4 (the
+    global batch's target count over the processes) the forget sum 10.5 is divided by 4."""
+    hidden = torch.tensor([[[100.0, 100.0], [3.0, 4.0], [0.0, 0.0]]])
+    reference = torch.tensor([[[-7.0, 7.0], [1.0, 1.0], [0.0, 2.0]]])
+    target = torch.tensor([1.0, 0.0])
+    both, first = torch.tensor([[0, 1, 1]]), torch.tensor([[0, 1, 0]])
+    assert rmu_forget(hidden, both, target).item() == pytest.approx(5.25)
+    assert rmu_forget(hidden, first, target).item() == pytest.approx(10.0)
+    assert rmu_forget(hidden, both, target, total=4.0).item() == pytest.approx(10.5 / 4)
+    assert rmu_retain(hidden, reference, both).item() == pytest.approx(4.25)
+    assert rmu_retain(reference, reference, both).item() == 0.0
+
+
+def test_block_output_is_the_blocks_hidden_state_and_refuses_other_layers():
+    states = tuple(torch.full((1, 2, 3), float(i)) for i in range(3))  # embeddings, 2 blocks
+    assert block_output(states, 0)[0, 0, 0].item() == 1.0
+    assert block_output(states, 1)[0, 0, 0].item() == 2.0
+    with pytest.raises(UnlearnError, match="rmu_layer 2 is not a block of this model"):
+        block_output(states, 2)
+
+
+class _Recording(torch.nn.Module):
+    """A model that notes the keywords of every call."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+        self.calls: list[set[str]] = []
+
+    def forward(self, **inputs):
+        self.calls.append(set(inputs))
+        return self.model(**inputs)
+
+
+def test_rmu_reads_block_states_and_only_its_batch_asks_for_them(tiny_llama_dir):
+    """At the start the policy is the reference, so retain_rmu = 0 and the total is forget_rmu,
+    which is the mean over the forget targets of mean_d (h - c u)^2 with h the output of block 0
+    (hidden_states[1]). forget_ga's batch is run without hidden states; the retain batch, which
+    only RMU reads, with them; the forget batch that both read, with them once."""
+    model = _tiny_model(tiny_llama_dir)
+    reference = _Recording(copy.deepcopy(model).eval().requires_grad_(False))
+    policy = _Recording(model)
+    options = TermOptions(rmu_layer=0, rmu_coefficient=3.0, rmu_seed=7)
+    forget, retain = _batch([5, 17, 42, 99]), _batch([8, 9, 10, 11, 12])
+    total, parts = combined_loss(METHODS["rmu"].weights, policy, reference,
+                                 {"forget": forget, "retain": retain}, options)
+    hidden = model(input_ids=forget["input_ids"], output_hidden_states=True).hidden_states[1]
+    expected = (hidden[0, 1:] - 3.0 * steering_vector(32, 7)).pow(2).mean(-1).mean()
+    assert parts["forget_rmu"] == pytest.approx(expected.item(), rel=1e-5)
+    assert parts["retain_rmu"] == pytest.approx(0.0, abs=1e-10)
+    assert total.item() == pytest.approx(parts["forget_rmu"], rel=1e-6)
+    assert all("output_hidden_states" in call for call in policy.calls + reference.calls)
+    assert len(policy.calls) == 2 and len(reference.calls) == 1  # no reference pass for forget
+
+    policy.calls.clear()
+    combined_loss({"forget_ga": 1.0, "retain_rmu": 1.0}, policy, reference,
+                  {"forget": forget, "retain": retain}, options)
+    assert ["output_hidden_states" in call for call in policy.calls] == [False, True]
+
+
+@pytest.mark.parametrize("term", ["forget_simnpo", "forget_undial"])
+def test_simnpo_and_undial_lower_the_forget_texts_likelihood(term, tiny_llama_dir):
+    """Three Adam steps on the term alone raise the forget text's NLL, as gradient ascent does
+    (SimNPO pushes log P(y) down; UNDIAL's target takes probability from the true tokens).
+    SimNPO's push on a row is 2 sigmoid(gamma - beta NLL): the random model's NLL is about
+    log 300 = 5.7, where beta 4.5 leaves e^-25 of it, so the test takes beta 0.1 (a memorised
+    text, NLL near 0, gets the full push at any beta)."""
+    model = _tiny_model(tiny_llama_dir)
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    batch = _batch([5, 17, 42, 99, 7, 13, 21, 8])
+    before = nll(model(input_ids=batch["input_ids"]).logits, batch["input_ids"],
+                 batch["loss_mask"]).item()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss, parts = combined_loss({term: 1.0}, model, reference, {"forget": batch},
+                                    TermOptions(simnpo_beta=0.1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = nll(model(input_ids=batch["input_ids"]).logits, batch["input_ids"],
+                batch["loss_mask"]).item()
+    assert after > before + 0.1
+    assert set(parts) == {term}
+
+
+def test_rmu_steps_move_the_forget_states_toward_the_steering_vector(tiny_llama_dir):
+    """Three Adam steps on forget_rmu alone lower it: block 0's states on the forget text move
+    toward c u."""
+    model = _tiny_model(tiny_llama_dir)
+    batch = {"forget": _batch([5, 17, 42, 99, 7, 13, 21, 8])}
+    options = TermOptions(rmu_layer=0, rmu_coefficient=5.0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    values = []
+    for _ in range(4):
+        loss, parts = combined_loss({"forget_rmu": 1.0}, model, None, batch, options)
+        values.append(parts["forget_rmu"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert values[-1] < 0.9 * values[0]
+
+
+def test_new_methods_weights():
+    """The weights the sources use: open-unlearning's SimNPO (forget 0.125, retain NLL 1),
+    WMDP's RMU (retain weight 1200), open-unlearning's UNDIAL (no retain term)."""
+    assert METHODS["simnpo"].weights == {"forget_simnpo": 0.125, "retain_nll": 1.0}
+    assert METHODS["rmu"].weights == {"forget_rmu": 1.0, "retain_rmu": 1200.0}
+    assert METHODS["undial"].weights == {"forget_undial": 1.0}
+    assert TermOptions().simnpo_beta == 4.5 and TermOptions().undial_strength == 10.0
+
+
+def test_term_options_default_to_the_settings_defaults():
+    """A direct call of combined_loss without options uses what a run uses by default."""
+    from unlearnlm.settings import UnlearnConfig
+
+    config, options = UnlearnConfig(), TermOptions()
+    for name in ("simnpo_beta", "simnpo_gamma", "undial_strength", "rmu_coefficient"):
+        assert getattr(options, name) == getattr(config, name), name
+    assert options.rmu_seed == config.seed

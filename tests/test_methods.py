@@ -74,3 +74,39 @@ def test_other_texts_too_short_for_a_suffix(tiny_llama_dir, record_files, tmp_pa
     with pytest.raises(UnlearnError, match="lower --prefix-tokens"):
         unlearn(model=str(tiny_llama_dir), forget=str(record_files["forget"]), pool=str(pool),
                 out=str(tmp_path / "run"), method="dpo", **TINY)
+
+
+def _rmu(tiny_llama_dir, record_files, out, **settings):
+    return unlearn(model=str(tiny_llama_dir), forget=str(record_files["forget"]),
+                   retain=str(record_files["calibration"]), out=str(out), method="rmu",
+                   **{**TINY, **settings})
+
+
+def test_rmu_moves_only_what_lies_under_its_block(tiny_llama_dir, record_files, tmp_path):
+    """RMU's terms read the output of block 0 of the 2-block Llama: the embeddings and block 0
+    change, block 1, the final norm and the output layer (not tied here) get no gradient and
+    stay as they were. The block is recorded with the other term settings."""
+    out = tmp_path / "run"
+    record = _rmu(tiny_llama_dir, record_files, out, rmu_layer=0, rmu_coefficient=4.0)
+    before, after = _weights(tiny_llama_dir), _weights(out)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert "model.embed_tokens.weight" in changed
+    assert any(k.startswith("model.layers.0.") for k in changed)
+    assert not any(k.startswith(("model.layers.1.", "model.norm", "lm_head")) for k in changed)
+    options = record["method"]["term_options"]
+    assert (options["rmu_layer"], options["rmu_coefficient"]) == (0, 4.0)
+
+
+def test_rmu_block_follows_the_trained_layers(tiny_llama_dir, record_files, tmp_path):
+    """With the last block alone training, the default block is that one (7/32 of 2 blocks is
+    block 0, which could not move); asking for block 0 then, or for a block the model lacks, is
+    a one-line error before anything is written."""
+    record = _rmu(tiny_llama_dir, record_files, tmp_path / "run", trainable_layers=1)
+    assert record["method"]["term_options"]["rmu_layer"] == 1
+    assert record["epochs"][1]["losses"]["forget_rmu"] > 0
+    for settings, message in [({"trainable_layers": 1, "rmu_layer": 0}, "--rmu-layer 1 or more"),
+                              ({"rmu_layer": 2}, "rmu_layer 2 is not a block of this model")]:
+        out = tmp_path / "refused"
+        with pytest.raises(UnlearnError, match=message):
+            _rmu(tiny_llama_dir, record_files, out, **settings)
+        assert not out.exists()

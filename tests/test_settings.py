@@ -119,6 +119,8 @@ def test_required_settings_come_from_a_flag_or_the_yaml(tmp_path, capsys, comman
     (UnlearnConfig, {"stop_on_el": "no"}, "stop_on_el must be true or false"),
     (UnlearnConfig, {"batch_size": 2.5}, "batch_size must be a whole number"),
     (UnlearnConfig, {"method": "magic"}, "method must be one of .*icu"),
+    (UnlearnConfig, {"rmu_layer": -1}, r"rmu_layer must lie in \[0, inf\)"),
+    (UnlearnConfig, {"rmu_coefficient": 0}, "rmu_coefficient must be positive"),
     (FinetuneSettings, {"target_accuracy": 1.5}, r"target_accuracy must lie in \(0, 1\]"),
     (FinetuneSettings, {"mixed_precision": "fp8"}, "mixed_precision must be one of no, bf16"),
     (FinetuneSettings, {"trainable_layers": 0}, "trainable_layers must be positive or null"),

@@ -223,6 +223,21 @@ class UnlearnConfig(Settings):
         "other", "dpo's preferred answer: 'other' (a random retain/pool text's suffix) or "
         "'refusal' (\" I don't know.\")", choices=("other", "refusal")
     )
+    simnpo_beta: float = _f(
+        4.5, "simnpo: beta of -(2/beta) log sigmoid(-(beta/|y|) log P(y) - gamma) (open-"
+        "unlearning's TOFU setting: 4.5)", positive=True)
+    simnpo_gamma: float = _f(0.0, "simnpo: the margin gamma (0 in open-unlearning's TOFU setting)")
+    undial_strength: float = _f(
+        10.0, "undial: how far the true token's logit is lowered in the frozen model's logits "
+        "that the policy learns (open-unlearning: 10)", positive=True)
+    rmu_layer: int | None = _f(
+        None, "rmu: the block (0-based) whose output is steered; null: the block at 7/32 of the "
+        "depth, as WMDP's layer 7 of Zephyr-7B's 32 (block 6 of SmolLM2-135M's 30), or the first "
+        "trained block when --trainable-layers trains only later ones", interval="[0, inf)")
+    rmu_coefficient: float = _f(
+        20.0, "rmu: c, the length of the random vector the forget activations are pushed to "
+        "(WMDP: 6.5 for Zephyr-7B; the default suits SmolLM2-135M, see docs/methods.md)",
+        positive=True)
     lr: float | None = shared(
         "lr", None, "learning rate; null: the method's own (relabel 1e-4; ICU and the baselines "
         "5e-6, the paper's)")

@@ -8,7 +8,7 @@ returns a plain ``LM``: metrics, evaluation and generation treat it like any oth
 
 ``AdapterOff(model)`` is the frozen original without a second copy in memory: it runs the same
 module with its adapters switched off (and in eval mode), under ``no_grad``. The unlearning loop
-uses it as the reference model of the KL, NPO and DPO terms.
+uses it as the reference model of the KL, NPO, DPO, UNDIAL and RMU terms.
 
 Several adapters on one frozen base (a SISA ensemble, ``train.sisa``): ``adapter_ensemble`` loads
 each adapter folder into one peft model under its own name and returns the ``EnsembleLM`` of

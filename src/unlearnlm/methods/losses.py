@@ -14,6 +14,9 @@ A method is a weighted sum of named terms (``LOSS_TERMS``), each reading one kin
 ``preference`` (2B rows: B forget prefixes with a preferred answer, then the same B prefixes with
 their true suffix; targets: the answers) or ``relabel`` (each forget text's opening followed by the
 body of its nearest analogous text; targets: that body).
+
+Most terms read the logits; RMU's terms read one block's hidden states, ``hidden`` (B, T, H), which
+``combined_loss`` asks the model for only for a batch that such a term reads.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from unlearnlm.errors import UnlearnError
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -166,16 +171,95 @@ def dpo(
     return -_row_mean(F.logsigmoid(beta * (preferred - rejected)), rows)
 
 
+def simnpo(
+    logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor,
+    beta: float = 4.5, gamma: float = 0.0, rows: float | None = None,
+) -> torch.Tensor:
+    """SimNPO (Fan et al. 2024, "Simplicity Prevails: Rethinking Negative Preference Optimization
+    for LLM Unlearning"): NPO without the reference model, its log-probability divided by the
+    answer's length, with a margin gamma:
+    -(2/beta) * mean_b log sigmoid(-(beta / |y_b|) log P_theta(y_b) - gamma).
+
+    -(1/|y_b|) log P_theta(y_b) is row b's mean per-token NLL, so each row contributes
+    (2/beta) log(1 + e^gamma * p_b^beta), p_b the geometric mean of its target tokens'
+    probabilities: the push fades as p_b falls, whatever the text's length (NPO sums over tokens,
+    which weighs long texts more, and divides by the reference model's probability, a bias the
+    paper argues misplaces the push)."""
+    per_row = sample_nll(logits, input_ids, loss_mask)  # (B,)
+    return -(2.0 / beta) * _row_mean(F.logsigmoid(beta * per_row - gamma), rows)
+
+
+def undial(
+    logits: torch.Tensor, reference_logits: torch.Tensor, input_ids: torch.Tensor,
+    loss_mask: torch.Tensor, strength: float = 10.0, total: float | None = None,
+) -> torch.Tensor:
+    """UNDIAL (Dong et al. 2024, "UNDIAL: Self-Distillation with Adjusted Logits for Robust
+    Unlearning in Large Language Models"): self-distillation toward the frozen model's next-token
+    distribution with the true token's logit lowered by ``strength``:
+    q_t = softmax(z0_t - strength * e_{x_t}), z0_t the reference logits that predict x_t;
+    loss = mean_t KL(q_t || P_theta(. | x_<t)) over target positions.
+
+    The target is a fixed distribution (bounded: nothing is pushed to zero, and every other token
+    keeps the frozen model's proportions). The paper (and open-unlearning) minimise the cross-
+    entropy -sum_v q_t(v) log P_theta(v | x_<t), which is this KL plus the entropy of q_t, a
+    constant: the same gradient, and here the value reads 0 once the policy is the target."""
+    adjusted = reference_logits.detach().float().clone()  # (B, T, V)
+    following = input_ids[:, 1:].unsqueeze(-1)  # (B, T-1, 1): the token each position predicts
+    lowered = torch.full(following.shape, -float(strength), dtype=adjusted.dtype,
+                         device=adjusted.device)
+    adjusted[:, :-1].scatter_add_(-1, following, lowered)
+    return kl_to_reference(logits, adjusted, loss_mask, total)
+
+
+def steering_vector(size: int, seed: int) -> torch.Tensor:
+    """RMU's fixed random direction u, shape (size,): uniform in [0, 1)^size and scaled to unit
+    length, as the WMDP code draws it; the same seed gives the same vector in every process."""
+    generator = torch.Generator().manual_seed(int(seed))
+    vector = torch.rand(size, generator=generator)
+    return vector / vector.norm()
+
+
+def rmu_forget(
+    hidden: torch.Tensor, loss_mask: torch.Tensor, target: torch.Tensor,
+    total: float | None = None,
+) -> torch.Tensor:
+    """RMU's forget term (Li et al. 2024, "The WMDP Benchmark: Measuring and Reducing Malicious
+    Use With Unlearning", representation misdirection): mean over target tokens t of
+    mean_d (h_t,d - c u_d)^2, h_t the policy's hidden state at the steered block on token t and
+    ``target`` = c u (H,), a scaled random direction (``steering_vector``). Driving the forget
+    text's activations to one arbitrary large vector scrambles what the later blocks read."""
+    difference = hidden[:, 1:].float() - target.to(hidden.device, torch.float32)  # (B, T-1, H)
+    return _masked_mean(difference.pow(2).mean(-1), loss_mask[:, 1:], total)
+
+
+def rmu_retain(
+    hidden: torch.Tensor, reference_hidden: torch.Tensor, loss_mask: torch.Tensor,
+    total: float | None = None,
+) -> torch.Tensor:
+    """RMU's retain term (Li et al. 2024, WMDP): mean over target tokens t of
+    mean_d (h_t,d - h0_t,d)^2, h and h0 the policy's and the frozen model's hidden states at the
+    steered block on retain text: the activations of what must stay stay where they were."""
+    difference = hidden[:, 1:].float() - reference_hidden[:, 1:].float()  # (B, T-1, H)
+    return _masked_mean(difference.pow(2).mean(-1), loss_mask[:, 1:], total)
+
+
 @dataclass(frozen=True)
 class LossTerm:
     """A named term: which batch it reads and which pure function scores it."""
 
     batch: str  # "forget" | "analogous" | "retain" | "mismatch" | "preference" | "relabel"
-    kind: str  # "ga" | "nll" | "kl" | "npo" | "dpo" | "bounded" | "token_bounded"
+    # "ga" | "nll" | "kl" | "npo" | "dpo" | "bounded" | "token_bounded" | "simnpo" | "undial"
+    # | "rmu_steer" | "rmu_keep"
+    kind: str
 
     @property
     def needs_reference(self) -> bool:
-        return self.kind in ("kl", "npo", "dpo")
+        return self.kind in ("kl", "npo", "dpo", "undial", "rmu_keep")
+
+    @property
+    def needs_hidden(self) -> bool:
+        """Whether the term reads hidden states (RMU) rather than logits alone."""
+        return self.kind in ("rmu_steer", "rmu_keep")
 
 
 LOSS_TERMS: dict[str, LossTerm] = {
@@ -196,6 +280,11 @@ LOSS_TERMS: dict[str, LossTerm] = {
     # relabelling: the forget text's opening followed by its nearest analogous text's body, so
     # the probability taken from the true body has a plausible alternative to go to
     "relabel_nll": LossTerm("relabel", "nll"),
+    # SimNPO, UNDIAL and RMU (see ``simnpo``, ``undial``, ``rmu_forget`` and ``rmu_retain``)
+    "forget_simnpo": LossTerm("forget", "simnpo"),
+    "forget_undial": LossTerm("forget", "undial"),
+    "forget_rmu": LossTerm("forget", "rmu_steer"),
+    "retain_rmu": LossTerm("retain", "rmu_keep"),
 }
 
 
@@ -236,7 +325,35 @@ METHODS: dict[str, Method] = {
                    "LLMU (Yao et al. 2023): GA + NLL of mismatched suffixes + KL on retain"),
     "dpo": Method({"forget_dpo": 1.0}, False,
                   "DPO (Rafailov et al. 2023; TOFU): dpo_preferred over the suffix, beta 0.1"),
+    # open-unlearning's SimNPO (its TOFU setting, from the authors' code): the forget term
+    # weighted 0.125 (its gamma, the authors' npo_coeff) and the retain NLL 1 (its alpha), beta
+    # 4.5, margin 0 (its delta), lr 1e-5
+    "simnpo": Method({"forget_simnpo": 0.125, "retain_nll": 1.0}, False,
+                     "SimNPO (Fan et al. 2024): length-normalised NPO without reference, beta "
+                     "4.5 + NLL on retain", lr=1e-5),
+    # WMDP's run on Zephyr-7B: retain weight alpha 1200, lr 5e-5 (the steered block and the
+    # coefficient c are settings: rmu_layer, rmu_coefficient)
+    "rmu": Method({"forget_rmu": 1.0, "retain_rmu": 1200.0}, False,
+                  "RMU (Li et al. 2024, WMDP): one block's forget activations to c*u, retain "
+                  "activations kept", lr=5e-5),
+    # open-unlearning's UNDIAL: strength 10 (its beta), no retain term (its alpha 0), lr 1e-4
+    "undial": Method({"forget_undial": 1.0}, False,
+                     "UNDIAL (Dong et al. 2024): distil the frozen logits with the true token "
+                     "lowered by 10", lr=1e-4),
 }
+
+
+@dataclass(frozen=True)
+class TermOptions:
+    """The hyperparameters of the terms that have settings (``UnlearnConfig`` fills them in; the
+    defaults are the methods' own, see ``METHODS``)."""
+
+    simnpo_beta: float = 4.5
+    simnpo_gamma: float = 0.0
+    undial_strength: float = 10.0
+    rmu_layer: int = 6  # the steered block, 0-based
+    rmu_coefficient: float = 20.0  # c, the length of the vector the forget activations go to
+    rmu_seed: int = 42  # draws the direction u
 
 
 def batches_needed(weights: dict[str, float]) -> set[str]:
@@ -247,40 +364,78 @@ def needs_reference(weights: dict[str, float]) -> bool:
     return any(LOSS_TERMS[name].needs_reference for name, w in weights.items() if w != 0)
 
 
+def reads_hidden_states(weights: dict[str, float]) -> bool:
+    """Whether a term of these weights reads hidden states (then the later blocks, which only
+    the logits depend on, get no gradient from it)."""
+    return any(LOSS_TERMS[name].needs_hidden for name, w in weights.items() if w != 0)
+
+
 def combined_loss(
     weights: dict[str, float],
     policy,
     reference,
     batches: dict[str, dict[str, torch.Tensor]],
+    options: TermOptions | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """sum_name weight * term(name); returns the total and each term's value (unweighted)."""
-    logits: dict[str, torch.Tensor] = {}
-    ref_logits: dict[str, torch.Tensor] = {}
+    """sum_name weight * term(name); returns the total and each term's value (unweighted).
+
+    One forward pass of the policy per batch kind, and one of the reference when a term needs
+    it; hidden states are asked for only on a batch that a hidden-state term (RMU) reads, so the
+    other terms cost what they did. ``options``: the terms' hyperparameters."""
+    options = options or TermOptions()
+    active = {name: w for name, w in weights.items()
+              if w != 0 and LOSS_TERMS[name].batch in batches}
+    hidden = {LOSS_TERMS[name].batch for name in active if LOSS_TERMS[name].needs_hidden}
+    outputs: dict[str, tuple] = {}  # batch kind -> (logits, hidden states or None)
+    ref_outputs: dict[str, tuple] = {}
     total = torch.zeros((), device=next(policy.parameters()).device)
     parts: dict[str, float] = {}
-    for name, weight in weights.items():
+    for name, weight in active.items():
         term = LOSS_TERMS[name]
-        if weight == 0 or term.batch not in batches:
-            continue
         batch = batches[term.batch]
-        if term.batch not in logits:
-            logits[term.batch] = policy(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits
-        if term.needs_reference and term.batch not in ref_logits:
+        if term.batch not in outputs:
+            outputs[term.batch] = _forward(policy, batch, term.batch in hidden)
+        if term.needs_reference and term.batch not in ref_outputs:
             with torch.no_grad():
-                ref_logits[term.batch] = reference(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                ).logits
-        value = _term_value(term, logits[term.batch], ref_logits.get(term.batch), batch)
+                ref_outputs[term.batch] = _forward(reference, batch, term.batch in hidden)
+        value = _term_value(term, outputs[term.batch], ref_outputs.get(term.batch), batch,
+                            options)
         parts[name] = float(value.detach())
         total = total + weight * value
     return total, parts
 
 
-def _term_value(term: LossTerm, logits, ref_logits, batch) -> torch.Tensor:
+def _forward(model, batch: dict, hidden: bool) -> tuple:
+    """(logits, hidden states) of a batch; the hidden states only when asked (else None), and
+    nothing else of the model's output is kept."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if not hidden:
+        return model(**inputs).logits, None
+    out = model(**inputs, output_hidden_states=True)
+    return out.logits, out.hidden_states
+
+
+def block_output(hidden_states: tuple, layer: int) -> torch.Tensor:
+    """The hidden states after block ``layer`` (0-based), (B, T, H): Hugging Face's
+    ``hidden_states[layer + 1]`` (entry 0 is the embeddings; the last entry, the last block's,
+    comes after the final norm)."""
+    if not 0 <= layer < len(hidden_states) - 1:
+        raise UnlearnError(f"rmu_layer {layer} is not a block of this model (it has blocks 0 to "
+                           f"{len(hidden_states) - 2}): give a --rmu-layer in that range")
+    return hidden_states[layer + 1]
+
+
+def _term_value(term: LossTerm, out, ref_out, batch, options: TermOptions) -> torch.Tensor:
     ids, mask = batch["input_ids"], batch["loss_mask"]
     targets, rows = batch.get("targets_total"), batch.get("rows_total")
+    if term.needs_hidden:
+        return _hidden_term(term, out, ref_out, mask, targets, options)
+    logits = out[0]
+    ref_logits = None if ref_out is None else ref_out[0]
+    if term.kind == "simnpo":
+        return simnpo(logits, ids, mask, options.simnpo_beta, options.simnpo_gamma, rows)
+    if term.kind == "undial":
+        return undial(logits, ref_logits, ids, mask, options.undial_strength, targets)
     if term.kind == "ga":
         return forget_ga(logits, ids, mask, targets)
     if term.kind == "nll":
@@ -295,3 +450,11 @@ def _term_value(term: LossTerm, logits, ref_logits, batch) -> torch.Tensor:
         return token_bounded_forget(logits, ids, mask, batch.get("token_floor", batch["floor"]),
                                     targets)
     return npo(logits, ref_logits, ids, mask, rows=rows)
+
+
+def _hidden_term(term: LossTerm, out, ref_out, mask, targets, options: TermOptions):
+    hidden = block_output(out[1], options.rmu_layer)  # (B, T, H)
+    if term.kind == "rmu_keep":
+        return rmu_retain(hidden, block_output(ref_out[1], options.rmu_layer), mask, targets)
+    direction = steering_vector(hidden.shape[-1], options.rmu_seed)
+    return rmu_forget(hidden, mask, options.rmu_coefficient * direction, targets)

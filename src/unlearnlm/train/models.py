@@ -2,8 +2,8 @@
 
 ``prepare_training`` is the one place ``unlearn`` and ``finetune`` turn a loaded model into a
 trainable policy. What trains: every weight, the last N blocks (``trainable_layers``) or LoRA
-adapters (``lora_rank``). The reference (the frozen original that the KL, NPO and DPO terms compare
-with) costs as little memory as the mode allows:
+adapters (``lora_rank``). The reference (the frozen original that the KL, NPO, DPO, UNDIAL and RMU
+terms compare with) costs as little memory as the mode allows:
 
 - LoRA: the same module with its adapters switched off (``lm.lora.AdapterOff``), no copy at all;
 - the last N blocks: a copy that shares every frozen tensor with the policy and copies only the
@@ -53,17 +53,23 @@ class Prepared:
         return self.accelerator.unwrap_model(self.model)
 
 
-def make_accelerator(mixed_precision: str = "no", cpu: bool = False):
+def make_accelerator(mixed_precision: str = "no", cpu: bool = False,
+                     unused_parameters: bool = False):
     """An ``Accelerator``; under ``accelerate launch`` (or ``torchrun``) it joins the launched
     processes and takes the DeepSpeed or FSDP configuration from the launcher. Several processes
-    on a machine without a GPU run on the CPU and talk over gloo."""
+    on a machine without a GPU run on the CPU and talk over gloo. ``unused_parameters``: some
+    trainable weights may get no gradient in a step (a loss on one block's hidden states leaves
+    the blocks above it out), which DDP must then be told to look for."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     if several and not deepspeed and not torch.cuda.is_available():
         cpu = True
-    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    handlers = ([DistributedDataParallelKwargs(find_unused_parameters=True)]
+                if unused_parameters else [])
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=handlers)
     _load_models_whole()
     if not several and os.environ.get("MASTER_ADDR") and "ACCELERATE_MIXED_PRECISION" in os.environ:
         log.warning("accelerate launch was asked for several processes but started one (its "

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -35,7 +36,14 @@ from unlearnlm.data.texts import (
 )
 from unlearnlm.errors import UnlearnError
 from unlearnlm.lm.loading import load_model, save_model, weights_sha256
-from unlearnlm.methods.losses import METHODS, batches_needed, combined_loss, needs_reference
+from unlearnlm.methods.losses import (
+    METHODS,
+    TermOptions,
+    batches_needed,
+    combined_loss,
+    needs_reference,
+    reads_hidden_states,
+)
 from unlearnlm.metrics.scores import perplexity
 from unlearnlm.rundir import RunDir, environment_versions, write_json
 from unlearnlm.settings import UnlearnConfig
@@ -109,12 +117,13 @@ def _setup(config: UnlearnConfig, run_dir: RunDir) -> _Run:
 
     clock = time.perf_counter()
     set_seed(config.seed)
-    accelerator = make_accelerator(config.mixed_precision, config.cpu)
+    method = METHODS[config.method]
+    weights = {**method.weights, **config.loss_weights}
+    accelerator = make_accelerator(config.mixed_precision, config.cpu,
+                                   unused_parameters=reads_hidden_states(weights))
     if not accelerator.is_main_process:  # one process speaks for all
         logging.getLogger("unlearnlm").setLevel(logging.WARNING)
     _check_sharding(config, accelerator)
-    method = METHODS[config.method]
-    weights = {**method.weights, **config.loss_weights}
     records = _read_inputs(config)  # before the slow model load, so bad files fail fast
     model, tokenizer, source = load_model(
         config.model, dtype=DTYPES[config.dtype], trust_pickle=config.trust_pickle,
@@ -123,13 +132,15 @@ def _setup(config: UnlearnConfig, run_dir: RunDir) -> _Run:
     run_dir.check_not_input(source.path)
     model_hash = weights_sha256(source.path) if source.kind != "hub" else None
     run = _Run(config=config, accelerator=accelerator, method=method, weights=weights,
-               tokenizer=tokenizer, records=records)
+               tokenizer=tokenizer, records=records,
+               options=_term_options(config, weights, model.config))
     run.timings["load_model"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     run.forget = _split(config, records["forget"], tokenizer, "forget")
     run.record = _new_record(config, weights, method, source, run.forget)
     run.record["model"]["sha256"] = model_hash
+    run.record["method"]["term_options"] = dataclasses.asdict(run.options)
     need = batches_needed(weights)
     if "analogous" in need:
         run.analogous, run.record["pairs"] = _pair(config, records, tokenizer, run.forget)
@@ -160,6 +171,38 @@ def _setup(config: UnlearnConfig, run_dir: RunDir) -> _Run:
     return run
 
 
+def _term_options(config: UnlearnConfig, weights: dict[str, float], model_config) -> TermOptions:
+    """The terms' hyperparameters from the settings, RMU's block resolved on this model."""
+    steers = reads_hidden_states(weights)
+    return TermOptions(
+        simnpo_beta=config.simnpo_beta, simnpo_gamma=config.simnpo_gamma,
+        undial_strength=config.undial_strength,
+        rmu_layer=_rmu_layer(config, model_config) if steers else 0,
+        rmu_coefficient=config.rmu_coefficient, rmu_seed=config.seed)
+
+
+def _rmu_layer(config: UnlearnConfig, model_config) -> int:
+    """The block RMU steers: ``rmu_layer``, else 7/32 of the depth (WMDP steered layer 7 of
+    Zephyr-7B's 32), else the first block that trains. A block under the trained ones could not
+    move, so asking for one is an error."""
+    blocks = getattr(model_config, "num_hidden_layers", None)
+    if not isinstance(blocks, int) or blocks < 1:
+        raise UnlearnError(f"rmu needs the number of blocks of the model, which its config "
+                           f"({type(model_config).__name__}) does not give: use another method")
+    first_trained = max(blocks - config.trainable_layers, 0) if config.trainable_layers else 0
+    if config.rmu_layer is None:
+        return max(7 * blocks // 32, first_trained)
+    if config.rmu_layer >= blocks:
+        raise UnlearnError(f"rmu_layer {config.rmu_layer} is not a block of this model (it has "
+                           f"blocks 0 to {blocks - 1}): give a --rmu-layer in that range")
+    if config.rmu_layer < first_trained:
+        raise UnlearnError(
+            f"rmu_layer {config.rmu_layer} lies under the trained blocks ({first_trained} to "
+            f"{blocks - 1} with --trainable-layers {config.trainable_layers}), so nothing that "
+            f"trains can move it: give --rmu-layer {first_trained} or more, or train more layers")
+    return config.rmu_layer
+
+
 def _check_sharding(config: UnlearnConfig, accelerator) -> None:
     """What DeepSpeed and FSDP cannot do here, said before any work."""
     if config.merge and config.lora_rank is not None and shards_parameters(accelerator):
@@ -181,6 +224,7 @@ class _Run:
     weights: dict
     tokenizer: object
     records: dict
+    options: TermOptions = field(default_factory=TermOptions)  # the terms' hyperparameters
     model: object = None
     reference: object = None
     optimizer: object = None
@@ -567,20 +611,21 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
                                floor=run.thresholds.nll_floor, cap=run.thresholds.nll_cap,
                                token_floor=run.thresholds.token_floor)
         terms = unlearning_step(run.weights, model, run.reference, run.optimizer, accelerator,
-                                parts)
+                                parts, run.options)
         for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + value
     return {name: value / max(len(batches), 1) for name, value in sums.items()}
 
 
 def unlearning_step(weights: dict[str, float], model, reference, optimizer, accelerator,
-                    parts: dict[str, dict]) -> dict[str, float]:
+                    parts: dict[str, dict],
+                    options: TermOptions | None = None) -> dict[str, float]:
     """One optimiser step of the weighted loss on one global batch (``parts``: a collated batch
     per kind); with several processes each takes its share of the rows
     (``train.distributed``). Returns the total and each term's value over the global batch."""
     share, empty = shard_batches(parts, accelerator.process_index, accelerator.num_processes)
     with accelerator.autocast():
-        loss, terms = combined_loss(weights, model, reference, share)
+        loss, terms = combined_loss(weights, model, reference, share, options)
     if empty:  # nothing of this batch is ours: join the gradient all-reduce with zeros
         loss, terms = loss * 0.0, dict.fromkeys(terms, 0.0)
     optimizer.zero_grad(set_to_none=True)
