@@ -220,10 +220,10 @@ def test_rmu_with_two_processes_gives_the_one_process_weights(leaky_llama_dir, r
     gradient; DDP, told to expect that, still averages the rest: two processes end within 1e-4
     of one process, and neither moves block 1."""
     rmu = {"method": "rmu", "rmu_layer": 0, "lr": 1e-2, "max_epochs": 2, "batch_size": 3,
-           "prefix_tokens": 4, "suffix_tokens": "null", "el_every_epoch": False,
-           "ma_threshold": 0.0, "guard_ppl_factor": "null", "seed": 7}
+           "prefix_tokens": 4, "suffix_tokens": "null", "ma_threshold": 0.0,
+           "guard_ppl_factor": "null", "seed": 7}
     files = [f"--forget={record_files['forget']}", f"--retain={record_files['calibration']}",
-             "--no-check"]
+             "--no-check", "--no-el-every-epoch"]
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in rmu.items()] + files
     one, two = tmp_path / "one", tmp_path / "two"
     single = [sys.executable, "-m", "unlearnlm", "-q", "unlearn", "--model", str(leaky_llama_dir),

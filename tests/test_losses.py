@@ -280,7 +280,7 @@ def test_simnpo_is_normalised_by_length_where_npo_is_not():
 def test_undial_matches_hand_computation_on_three_tokens():
     """One target, token 1, vocabulary of 3. Reference logits (1, 2, 0), strength 2: adjusted
     (1, 0, 0), so q = (e, 1, 1) / (e + 2) = (0.57612, 0.21194, 0.21194). A uniform policy gives
-    KL(q || 1/3) = log 3 + sum q log q = 0.12324; the policy equal to the adjusted logits gives 0;
+    KL(q || 1/3) = log 3 + sum q log q = 0.12328; the policy equal to the adjusted logits gives 0;
     the policy equal to the reference, p = (e, e^2, 1) / (e + e^2 + 1), gives sum q log(q / p)."""
     ids = torch.tensor([[0, 1]])
     mask = torch.tensor([[0, 1]])
@@ -292,7 +292,7 @@ def test_undial_matches_hand_computation_on_three_tokens():
     assert undial(uniform, reference, ids, mask, strength=2.0).item() == pytest.approx(
         math.log(3) + sum(x * math.log(x) for x in q), abs=1e-6)
     assert undial(uniform, reference, ids, mask, strength=2.0).item() == pytest.approx(
-        0.12324, abs=1e-5)
+        0.12328, abs=1e-5)
     adjusted = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
     assert undial(adjusted, reference, ids, mask, strength=2.0).item() == pytest.approx(
         0.0, abs=1e-6)
@@ -414,20 +414,20 @@ def test_simnpo_and_undial_lower_the_forget_texts_likelihood(term, tiny_llama_di
 
 
 def test_rmu_steps_move_the_forget_states_toward_the_steering_vector(tiny_llama_dir):
-    """Three Adam steps on forget_rmu alone lower it: block 0's states on the forget text move
-    toward c u."""
+    """Five Adam steps on forget_rmu alone (lr 1e-2) take it under half its start: block 0's
+    states on the forget text move toward c u."""
     model = _tiny_model(tiny_llama_dir)
     batch = {"forget": _batch([5, 17, 42, 99, 7, 13, 21, 8])}
     options = TermOptions(rmu_layer=0, rmu_coefficient=5.0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     values = []
-    for _ in range(4):
+    for _ in range(6):
         loss, parts = combined_loss({"forget_rmu": 1.0}, model, None, batch, options)
         values.append(parts["forget_rmu"])
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert values[-1] < 0.9 * values[0]
+    assert values[-1] < 0.5 * values[0]
 
 
 def test_new_methods_weights():

@@ -235,8 +235,9 @@ class UnlearnConfig(Settings):
         "depth, as WMDP's layer 7 of Zephyr-7B's 32 (block 6 of SmolLM2-135M's 30), or the first "
         "trained block when --trainable-layers trains only later ones", interval="[0, inf)")
     rmu_coefficient: float = _f(
-        20.0, "rmu: c, the length of the random vector the forget activations are pushed to "
-        "(WMDP: 6.5 for Zephyr-7B; the default suits SmolLM2-135M, see docs/methods.md)",
+        300.0, "rmu: c, the length of the random vector the forget activations are pushed to "
+        "(WMDP: 6.5 for Zephyr-7B; 300: about 3x the length of SmolLM2-135M's block-6 "
+        "outputs, see docs/methods.md)",
         positive=True)
     lr: float | None = shared(
         "lr", None, "learning rate; null: the method's own (relabel 1e-4; ICU and the baselines "

@@ -352,7 +352,7 @@ class TermOptions:
     simnpo_gamma: float = 0.0
     undial_strength: float = 10.0
     rmu_layer: int = 6  # the steered block, 0-based
-    rmu_coefficient: float = 20.0  # c, the length of the vector the forget activations go to
+    rmu_coefficient: float = 300.0  # c, the length of the vector the forget activations go to
     rmu_seed: int = 42  # draws the direction u
 
 
