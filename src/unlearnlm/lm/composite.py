@@ -46,7 +46,20 @@ class _Composite(LM):
                            "with --backend ours")
 
 
-class PromptedLM(_Composite):
+class _Wrapper(_Composite):
+    """A composite around one ``base`` model: it runs on the base's device and modules."""
+
+    base: LM
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    def modules(self) -> list[torch.nn.Module]:
+        return self.base.modules()
+
+
+class PromptedLM(_Wrapper):
     """``base`` with ``prompt`` (text, or token ids) before every input (module docstring)."""
 
     def __init__(self, base: LM, prompt: str | Sequence[int]) -> None:
@@ -76,13 +89,6 @@ class PromptedLM(_Composite):
     @property
     def generation_follows_argmax(self) -> bool:  # type: ignore[override]
         return self.base.generation_follows_argmax
-
-    @property
-    def device(self) -> torch.device:
-        return self.base.device
-
-    def modules(self) -> list[torch.nn.Module]:
-        return self.base.modules()
 
     def context_limit(self, cap: int = 1024) -> int:
         room = self.base.context_limit(cap + len(self.prompt)) - len(self.prompt)
@@ -231,7 +237,7 @@ class EnsembleLM(_Composite):
         return generate_jobs(sequences, jobs, self._greedy_batch, batch_size)
 
 
-class FilteredLM(_Composite):
+class FilteredLM(_Wrapper):
     """``base`` whose generations are checked against blocked token n-grams (an output filter,
     after Thaker et al. 2024, "Guardrail Baselines for Unlearning in LLMs").
 
@@ -265,13 +271,6 @@ class FilteredLM(_Composite):
         self.refusal = [int(t) for t in refusal]
         if self.reproduces([], self.refusal):
             raise UnlearnError("the refusal itself reproduces a blocked n-gram; give another")
-
-    @property
-    def device(self) -> torch.device:
-        return self.base.device
-
-    def modules(self) -> list[torch.nn.Module]:
-        return self.base.modules()
 
     def context_limit(self, cap: int = 1024) -> int:
         return self.base.context_limit(cap)
