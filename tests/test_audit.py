@@ -187,9 +187,10 @@ def record_sets(tmp_path_factory):
 
 
 def test_audit_of_a_model_that_never_saw_the_texts_finds_nothing(tiny_llama_dir, record_sets,
-                                                                  tmp_path, capsys):
+                                                                  tmp_path, capsys, data_dir):
     """A random model, every attack: no field leaks, no attack finds anything; the command
-    writes audit.json and the report. (The original model's side is tested with the check.)"""
+    writes audit.json and the report. (The original model's side is tested with the check.)
+    Relearning on unrelated text reads WikiText from the data folder."""
     out = tmp_path / "audit"
     code = main(["audit", "--model", str(tiny_llama_dir), "--forget", str(record_sets["forget"]),
                  "--related", str(record_sets["related"]),
@@ -268,7 +269,7 @@ def test_audit_refuses_an_output_folder_holding_the_model(tiny_llama_dir, record
 
 
 def test_unlearn_ends_with_a_check_the_report_reads(tiny_llama_dir, record_files, tmp_path,
-                                                    capsys):
+                                                    capsys, data_dir):
     """By default the run ends with the quick check: check.json beside run.json, a verdict on
     the console, and a report with a verdict and perplexity without any `eval`; an audit in
     RUN_DIR/audit (with the original model) adds its section. With --no-check there is none."""

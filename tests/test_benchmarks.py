@@ -57,7 +57,8 @@ def test_memory_benchmark_counts_what_each_mode_keeps(tiny_llama_dir):
     assert lora["bytes"]["weights"] == pytest.approx(full["bytes"]["weights"] + 4 * adapter)
 
 
-def test_sisa_deletion_benchmark_on_the_tiny_model(tiny_llama_dir, tmp_path, monkeypatch):
+def test_sisa_deletion_benchmark_on_the_tiny_model(tiny_llama_dir, tmp_path, monkeypatch,
+                                                   data_dir):  # perplexity on WikiText
     """The whole measurement on the tiny Llama: both deletions equal nothing but the retrain
     (the eight-record deletion's adapters are the retrain's, tensor for tensor), the ratios are
     the printed times' quotients, and every model has its leak counts and perplexity."""

@@ -12,7 +12,8 @@ import pytest
 
 from unlearnlm.cli import main
 
-TINY = ["--method", "icu", "--prefix-tokens", "4", "--suffix-tokens", "all", "--batch-size", "2"]
+TINY = ["--method", "icu", "--prefix-tokens", "4", "--suffix-tokens", "all", "--batch-size", "2",
+        "--no-check"]  # the check after a run has its own tests (test_audit.py)
 
 
 def test_command_runs_end_to_end(tiny_llama_dir, record_files, tmp_path):

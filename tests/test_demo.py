@@ -44,7 +44,8 @@ def test_fake_records_are_seeded_and_distinct():
     assert a[0]["name"] in prefix and a[0]["id_number"] in suffix and a[0]["name"] not in suffix
 
 
-def test_demo_pipeline_runs_on_a_tiny_model(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+def test_demo_pipeline_runs_on_a_tiny_model(tiny_llama_dir, tmp_path, monkeypatch, capsys,
+                                            data_dir):  # general text and WikiText
     monkeypatch.setenv("UNLEARNLM_CACHE", str(tmp_path / "cache"))
     settings = DemoSettings(
         model=str(tiny_llama_dir), forget=2, keep=2, pool=6, calibration=2, strangers=3,

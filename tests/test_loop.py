@@ -12,7 +12,8 @@ from unlearnlm import UnlearnConfig, unlearn
 from unlearnlm.errors import UnlearnError
 from unlearnlm.lm.loading import weights_sha256
 
-TINY = dict(method="icu", prefix_tokens=4, suffix_tokens=None, batch_size=2)
+TINY = dict(method="icu", prefix_tokens=4, suffix_tokens=None, batch_size=2,
+            quick_check=False)  # the check after a run has its own tests (test_audit.py)
 NO_METHOD = {k: v for k, v in TINY.items() if k != "method"}
 
 

@@ -21,7 +21,8 @@ from unlearnlm.train.models import make_accelerator, prepare_training, state_byt
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 NPO = dict(method="npo", prefix_tokens=4, suffix_tokens=None, batch_size=2, lr=3e-3,
-           bleu_threshold=0.0, bertscore_threshold=0.0, stop_on_el=False, seed=5)
+           bleu_threshold=0.0, bertscore_threshold=0.0, stop_on_el=False, seed=5,
+           quick_check=False)  # the check after a run has its own tests (test_audit.py)
 
 
 def _ids(n: int = 3, length: int = 12) -> torch.Tensor:

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # ma_threshold 0: EL is never scored (the costly metric) and the stop rule cannot fire;
 # no collapse guard, so a one-epoch run at this learning rate is never rolled back
 TINY = dict(prefix_tokens=4, suffix_tokens=None, batch_size=2, max_epochs=1, lr=1e-3,
-            el_every_epoch=False, ma_threshold=0.0, guard_ppl_factor=None)
+            el_every_epoch=False, ma_threshold=0.0, guard_ppl_factor=None,
+            quick_check=False)  # the check after a run has its own tests (test_audit.py)
 
 
 def _weights(path):

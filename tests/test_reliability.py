@@ -17,7 +17,8 @@ from unlearnlm import unlearn
 from unlearnlm.errors import UnlearnError
 from unlearnlm.train.checkpoint import CHECKPOINT, partial_dir
 
-TINY = dict(method="icu", prefix_tokens=4, suffix_tokens=None, batch_size=2)
+TINY = dict(method="icu", prefix_tokens=4, suffix_tokens=None, batch_size=2,
+            quick_check=False)  # the check after a run has its own tests (test_audit.py)
 NO_METHOD = {k: v for k, v in TINY.items() if k != "method"}
 
 
@@ -58,7 +59,7 @@ def _command(model, files, out, epochs):
             "--forget", str(files["forget"]), "--pool", str(files["pool"]), "--out", str(out),
             "--lr", "3e-4", "--max-epochs", str(epochs), "--bleu-threshold", "0.6",
             "--bertscore-threshold", "0.97", "--prefix-tokens", "4", "--suffix-tokens", "all",
-            "--batch-size", "1", "--seed", "3"]
+            "--batch-size", "1", "--seed", "3", "--no-check"]
 
 
 def test_killed_run_resumes_to_the_same_result(leaky_llama_dir, record_files, tmp_path):

@@ -24,7 +24,8 @@ def tiny_run(tmp_path_factory, tiny_llama_dir, record_files, one_torch_thread):
     out = tmp_path_factory.mktemp("report-run") / "run"
     unlearn(model=str(tiny_llama_dir), forget=str(record_files["forget"]),
             pool=str(record_files["pool"]), out=str(out), lr=1e-3, max_epochs=2,
-            prefix_tokens=4, suffix_tokens=None, batch_size=2, log_text=True, method="icu")
+            prefix_tokens=4, suffix_tokens=None, batch_size=2, log_text=True, method="icu",
+            quick_check=False)
     return out
 
 

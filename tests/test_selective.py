@@ -111,7 +111,7 @@ def test_selectivity_in_miniature(leaky_llama_dir, tmp_path):
     record = unlearn(model=str(leaky_llama_dir), forget=str(forget), retain=str(kept),
                      pool=str(pool), calibrate_on=str(unseen), out=str(tmp_path / "run"),
                      method="relabel", lr=1e-3, max_epochs=40, opening_tokens=4, batch_size=2,
-                     guard_ppl_factor=None)
+                     guard_ppl_factor=None, quick_check=False)
     assert record["dropped_order"] == ["s0"], record["stopped"]
     model, tokenizer, _ = load_model(str(tmp_path / "run"))
     after = _suffix_ma(model, tokenizer, FORGET_RECORDS, 4)
