@@ -4,7 +4,9 @@
   input. It scores and generates only for the input itself: position j of the input is position
   P + j of prompt + input (P prompt tokens), so its target log-probabilities are the base model's
   log-probabilities of the same tokens after the prompt. A prompted baseline of unlearning ("do
-  not reveal ...") is evaluated exactly like a trained model.
+  not reveal ...") is evaluated exactly like a trained model. The prompt is read once: its
+  keys and values are cached and every batch, generation and EL job runs only its own tokens
+  after them (``PromptedLM`` says when the cache is used and when it is recomputed).
 - ``EnsembleLM``: the average of several models' next-token distributions,
   log P(v | x) = log (1/K sum_k P_k(v | x)); no single Hugging Face model computes it, so it
   decodes one token at a time: greedy and sampled decoding keep each member's key/value cache
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 
 from unlearnlm.data.batches import left_padded
 from unlearnlm.errors import UnlearnError
+from unlearnlm.lm import cached
 from unlearnlm.lm.cached import generate_jobs
 from unlearnlm.lm.generation import check_arguments
 from unlearnlm.lm.interface import LM
@@ -60,9 +63,30 @@ class _Wrapper(_Composite):
 
 
 class PromptedLM(_Wrapper):
-    """``base`` with ``prompt`` (text, or token ids) before every input (module docstring)."""
+    """``base`` with ``prompt`` (text, or token ids) before every input (module docstring).
 
-    def __init__(self, base: LM, prompt: str | Sequence[int]) -> None:
+    The prompt's keys and values are computed once, on first use, on the base model's device
+    (``lm.cached.prompt_cache``), and reused: ``logits`` runs only the input after them,
+    ``generate`` (greedy and sampled; beam search re-reads the prompt) and ``greedy_to_the_end``
+    decode from them. The results are those of re-reading prompt + input, within float rounding.
+
+    When the cache is used: ``cache_prompt`` is True (False keeps the old path, re-reading the
+    prompt every call), the base is a plain ``LM`` (not a composite or an adapter-switching
+    model, whose forward passes this class cannot reproduce), the model's cache holds full
+    per-layer keys and values (no sliding-window cache), and, for ``logits``, autograd is off and
+    the base's modules are in eval mode (a pass that trains re-reads the prompt, so gradients
+    and dropout reach it as before).
+
+    When it is recomputed: the cache belongs to the weights it was computed from. It is
+    recomputed when any parameter of the base's modules has changed since: replaced, moved to
+    another device or dtype, or modified in place (an optimiser step, ``load_state_dict``: torch's
+    per-tensor version counter), or when the active adapter of a peft model has changed.
+    ``clear_prompt_cache()`` drops it by hand, for any other change (a weight's storage rewritten
+    behind torch's back).
+    """
+
+    def __init__(self, base: LM, prompt: str | Sequence[int], *,
+                 cache_prompt: bool = True) -> None:
         if isinstance(prompt, str):
             if base.tokenizer is None:
                 raise UnlearnError("a text prompt needs the base model's tokenizer; give token "
@@ -73,10 +97,15 @@ class PromptedLM(_Wrapper):
         super().__init__(base.model, base.tokenizer, pad_token_id=base.pad_token_id)
         self.base = base
         self.prompt = [int(t) for t in prompt]
+        self.cache_prompt = cache_prompt
+        self.prompt_cache_builds = 0  # how many times the prompt was read into the cache
+        self._cache: cached.KeyValues | None = None
+        self._cache_stamp: tuple | None = None
 
     @classmethod
     def with_examples(
-        cls, base: LM, examples: Sequence[str], instruction: str = "", separator: str = "\n\n"
+        cls, base: LM, examples: Sequence[str], instruction: str = "", separator: str = "\n\n",
+        *, cache_prompt: bool = True,
     ) -> PromptedLM:
         """In-context examples (and an optional instruction first), each followed by
         ``separator``, before every input."""
@@ -84,7 +113,7 @@ class PromptedLM(_Wrapper):
         parts += list(examples)
         if not parts:
             raise UnlearnError("give in-context examples or an instruction for the prompt")
-        return cls(base, "".join(part + separator for part in parts))
+        return cls(base, "".join(part + separator for part in parts), cache_prompt=cache_prompt)
 
     @property
     def generation_follows_argmax(self) -> bool:  # type: ignore[override]
@@ -97,18 +126,74 @@ class PromptedLM(_Wrapper):
                                "give a shorter one")
         return min(room, cap)
 
+    # --- the prompt's cache ---------------------------------------------------------------------
+
+    def clear_prompt_cache(self) -> None:
+        """Drop the prompt's cache; the next call that can use one reads the prompt again."""
+        self._cache, self._cache_stamp = None, None
+
+    def _weights_stamp(self) -> tuple:
+        """What the cache depends on: every parameter's identity, storage, dtype, device and
+        in-place version, and a peft model's active adapter."""
+        stamp: list = []
+        for module in self.base.modules():
+            stamp.append(repr(getattr(module, "active_adapters", None)))
+            stamp += [(id(p), p.data_ptr(), p.dtype, p.device, _version(p))
+                      for p in module.parameters()]
+        return tuple(stamp)
+
+    def prompt_cache(self) -> cached.KeyValues | None:
+        """The prompt's keys and values to read inputs after, or None where the prompt is
+        re-read (class docstring); computed on first use and whenever the weights changed.
+        Call it with the base model in eval mode and autograd off."""
+        if not self.cache_prompt or not _plain(self.base):
+            return None
+        stamp = self._weights_stamp()
+        if stamp != self._cache_stamp:
+            with self.evaluating():
+                self._cache = cached.prompt_cache(self.base.model, self.prompt, self.device)
+            self._cache_stamp = stamp
+            self.prompt_cache_builds += 1
+        return self._cache
+
+    # --- scores and generation ------------------------------------------------------------------
+
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        rows = input_ids.shape[0]
-        prompt = torch.tensor(self.prompt, dtype=input_ids.dtype, device=input_ids.device)
-        ids = torch.cat([prompt.expand(rows, -1), input_ids], dim=1)
-        mask = torch.cat([attention_mask.new_ones(rows, len(self.prompt)), attention_mask], dim=1)
-        return self.base.logits(ids, mask)[:, len(self.prompt) :]
+        training = any(getattr(m, "training", False) for m in self.base.modules())
+        prompt = None if torch.is_grad_enabled() or training else self.prompt_cache()
+        if prompt is None:
+            rows = input_ids.shape[0]
+            tokens = torch.tensor(self.prompt, dtype=input_ids.dtype, device=input_ids.device)
+            ids = torch.cat([tokens.expand(rows, -1), input_ids], dim=1)
+            mask = torch.cat([attention_mask.new_ones(rows, len(self.prompt)), attention_mask],
+                             dim=1)
+            return self.base.logits(ids, mask)[:, len(self.prompt) :]
+        device = self.device
+        return cached.after_prompt(self.base.model, prompt, input_ids.to(device),
+                                   attention_mask.to(device)).logits
 
     def generate(
-        self, prefixes: list[list[int]], max_new_tokens: int, **options: Any
+        self,
+        prefixes: list[list[int]],
+        max_new_tokens: int,
+        *,
+        eos_token_id: int | None = None,
+        num_beams: int = 1,
+        temperature: float | None = None,
+        seed: int | None = None,
+        batch_size: int = 32,
     ) -> list[list[int]]:
+        check_arguments(prefixes, max_new_tokens, num_beams, batch_size, temperature)
+        with self.evaluating():
+            prompt = self.prompt_cache() if num_beams == 1 else None
+            if prompt is not None:
+                return cached.continue_after_prompt(
+                    self.base.model, prompt, [list(p) for p in prefixes], max_new_tokens,
+                    pad_token_id=self.pad_token_id, eos_token_id=eos_token_id,
+                    temperature=temperature, seed=seed, batch_size=batch_size)
         return self.base.generate([self.prompt + list(p) for p in prefixes], max_new_tokens,
-                                  **options)
+                                  eos_token_id=eos_token_id, num_beams=num_beams,
+                                  temperature=temperature, seed=seed, batch_size=batch_size)
 
     def greedy_to_the_end(
         self,
@@ -117,8 +202,14 @@ class PromptedLM(_Wrapper):
         jobs: list[tuple[int, int]],
         batch_size: int,
     ) -> dict[tuple[int, int], list[int]]:
-        """The base model's, on prompt + sequence, every start shifted by the prompt's length
-        (the argmax before the first input token is never read: a job starts at t >= 1)."""
+        """The base model's, from each sequence's own cache after the prompt's; where the prompt
+        is not cached, on prompt + sequence with every start shifted by the prompt's length (the
+        argmax before the first input token is never read: a job starts at t >= 1)."""
+        with self.evaluating():
+            prompt = self.prompt_cache()
+            if prompt is not None:
+                return cached.greedy_to_the_end(self.base.model, sequences, predictions, jobs,
+                                                self._greedy_batch, batch_size, prompt=prompt)
         shift = len(self.prompt)
         done = self.base.greedy_to_the_end(
             [self.prompt + list(s) for s in sequences],
@@ -127,6 +218,22 @@ class PromptedLM(_Wrapper):
             batch_size,
         )
         return {(i, t - shift): out for (i, t), out in done.items()}
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    """torch's count of in-place changes to ``tensor`` (None for an inference tensor, which
+    cannot be changed in place outside inference mode and keeps no count)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None
+
+
+def _plain(lm: LM) -> bool:
+    """Whether ``lm`` computes with ``LM``'s own forward passes (nothing overridden), so that
+    its model can be called directly with a cache."""
+    return all(getattr(type(lm), name) is getattr(LM, name)
+               for name in ("logits", "forward_step", "generate", "greedy_to_the_end"))
 
 
 class EnsembleLM(_Composite):
