@@ -142,9 +142,9 @@ def test_prompted_generation_continues_the_input_after_the_prompt(llama):
     assert got == llama.generate([prompted.prompt + p for p in prefixes], 5)
 
 
-def test_prompted_el_uses_the_shifted_cache_and_equals_re_reading(llama):
-    """EL through the prompted model: the base model's cached decoder with every start shifted
-    by the prompt gives the same continuations as generating from prompt + prefix."""
+def test_prompted_el_uses_the_sequences_caches_and_equals_re_reading(llama):
+    """EL through the prompted model: the decoder that starts from each sequence's own cache
+    (after the prompt's) gives the same continuations as generating from prompt + prefix."""
     prompted = PromptedLM(llama, "Bob Jones lives at 12 Station Road.")
     sequences = _sequences(llama)
     predictions = prompted.next_token_argmax(sequences)
@@ -153,6 +153,136 @@ def test_prompted_el_uses_the_shifted_cache_and_equals_re_reading(llama):
     for i, t in jobs:
         [expected] = prompted.generate([sequences[i][:t]], len(sequences[i]) - t)
         assert cached[(i, t)] == expected
+
+
+# --- the prompt's cache ---------------------------------------------------------------------------
+
+PROMPT_TOKENS = 40  # longer than every input below, so a pass that reads the prompt stands out
+
+
+def _windowed_neo() -> LM:
+    """A tiny GPT-Neo whose second layer attends to the last 8 cache positions only: a prompt
+    cache that put padding between prompt and input would change what that layer sees."""
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    torch.manual_seed(3)
+    config = GPTNeoConfig(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2,
+                          attention_types=[[["global", "local"], 1]], window_size=8,
+                          max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
+    return LM(GPTNeoForCausalLM(config).eval(), None, pad_token_id=0)
+
+
+@pytest.fixture(scope="module", params=["llama", "windowed-neo"])
+def base_and_inputs(request, tiny_llama_dir):
+    """A base model, a 40-token prompt and inputs of 3 to 13 tokens (padding in every batch)."""
+    lm = LM.load(str(tiny_llama_dir)) if request.param == "llama" else _windowed_neo()
+    draw = torch.Generator().manual_seed(7)
+    prompt = torch.randint(3, 290, (PROMPT_TOKENS,), generator=draw).tolist()
+    inputs = [torch.randint(3, 290, (n,), generator=draw).tolist() for n in (5, 13, 3, 9, 7)]
+    return lm, prompt, inputs
+
+
+def test_cached_prompt_scores_equal_re_reading_the_prompt(base_and_inputs):
+    """Right-padded batches of inputs of different lengths: the logits read after the prompt's
+    cache equal those of prompt + input read whole, at every real position."""
+    lm, prompt, inputs = base_and_inputs
+    fast, slow = PromptedLM(lm, prompt), PromptedLM(lm, prompt, cache_prompt=False)
+    ids = torch.zeros(len(inputs), 13, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, tokens in enumerate(inputs):
+        ids[row, : len(tokens)], mask[row, : len(tokens)] = torch.tensor(tokens), 1
+    with fast.evaluating():
+        got, expected = fast.logits(ids, mask), slow.logits(ids, mask)
+    assert fast.prompt_cache_builds == 1 and slow.prompt_cache_builds == 0
+    assert got.shape == expected.shape == (len(inputs), 13, 300 if lm.tokenizer is None
+                                           else lm.model.config.vocab_size)
+    real = mask.bool()
+    assert torch.allclose(got[real], expected[real], atol=1e-5)
+    mine, theirs = fast.targets(inputs, 1, batch_size=2), slow.targets(inputs, 1, batch_size=2)
+    assert torch.allclose(_flat(mine), _flat(theirs), atol=1e-5)
+
+
+def test_cached_prompt_generation_equals_re_reading_the_prompt(base_and_inputs):
+    """Greedy (with and without an eos that stops some rows early), sampled with a seed, and
+    beam search (which re-reads the prompt): the same tokens either way, batches of 2 with
+    left padding."""
+    lm, prompt, inputs = base_and_inputs
+    fast, slow = PromptedLM(lm, prompt), PromptedLM(lm, prompt, cache_prompt=False)
+    greedy = slow.generate(inputs, 8, batch_size=2)
+    assert fast.generate(inputs, 8, batch_size=2) == greedy
+    assert greedy == lm.generate([prompt + p for p in inputs], 8, batch_size=2)
+    eos = greedy[1][2]  # the third token of one row: that row stops after two tokens
+    stopped = fast.generate(inputs, 8, eos_token_id=eos, batch_size=2)
+    assert stopped == slow.generate(inputs, 8, eos_token_id=eos, batch_size=2)
+    assert len(stopped[1]) <= 2 and eos not in sum(stopped, [])
+    options = dict(temperature=0.7, seed=11, batch_size=2)
+    sampled = fast.generate(inputs, 8, **options)
+    assert sampled == slow.generate(inputs, 8, **options)
+    assert sampled != greedy and sampled != fast.generate(inputs, 8, **{**options, "seed": 12})
+    beams = fast.generate(inputs[:2], 4, num_beams=2)
+    assert beams == slow.generate(inputs[:2], 4, num_beams=2)
+    assert fast.generate(inputs, 0) == [[] for _ in inputs]
+
+
+def test_cached_prompt_el_continuations_equal_re_reading_the_prompt(base_and_inputs):
+    lm, prompt, inputs = base_and_inputs
+    fast, slow = PromptedLM(lm, prompt), PromptedLM(lm, prompt, cache_prompt=False)
+    predictions = slow.next_token_argmax(inputs)
+    assert fast.next_token_argmax(inputs) == predictions
+    jobs = [(i, t) for i, s in enumerate(inputs) for t in range(1, len(s))]
+    got = fast.greedy_to_the_end(inputs, predictions, jobs, batch_size=3)
+    assert got == slow.greedy_to_the_end(inputs, predictions, jobs, batch_size=3)
+    assert all(len(got[(i, t)]) == len(inputs[i]) - t for i, t in jobs)
+
+
+def test_the_prompt_is_read_once_and_again_when_the_weights_change(tiny_llama_dir):
+    """A hook counts forward passes that read at least the prompt's 40 tokens: one for scores,
+    generation and EL together; an in-place weight change (what an optimiser step does) reads
+    it again, and the scores follow the new weights."""
+    lm = LM.load(str(tiny_llama_dir))
+    draw = torch.Generator().manual_seed(5)
+    prompt = torch.randint(3, 290, (PROMPT_TOKENS,), generator=draw).tolist()
+    inputs = [torch.randint(3, 290, (n,), generator=draw).tolist() for n in (6, 10, 4)]
+    lengths: list[int] = []
+    lm.model.register_forward_pre_hook(
+        lambda _, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    prompted = PromptedLM(lm, prompt)
+    first = prompted.targets(inputs, 1, batch_size=2)
+    prompted.generate(inputs, 5, batch_size=2)
+    predictions = prompted.next_token_argmax(inputs)
+    prompted.greedy_to_the_end(inputs, predictions, [(0, 2), (1, 5)], batch_size=2)
+    cache = prompted.prompt_cache()
+    assert prompted.prompt_cache() is cache
+    assert prompted.prompt_cache_builds == 1
+    assert [n for n in lengths if n >= PROMPT_TOKENS] == [PROMPT_TOKENS]
+    assert len(lengths) > 5  # the other passes ran, on the inputs alone
+    with torch.no_grad():
+        lm.model.lm_head.weight.mul_(1.5)
+    second = prompted.targets(inputs, 1, batch_size=2)
+    assert prompted.prompt_cache_builds == 2 and prompted.prompt_cache() is not cache
+    again = PromptedLM(lm, prompt, cache_prompt=False).targets(inputs, 1, batch_size=2)
+    assert torch.allclose(_flat(second), _flat(again), atol=1e-5)
+    assert not torch.allclose(_flat(second), _flat(first), atol=1e-3)
+    prompted.clear_prompt_cache()
+    prompted.targets(inputs[:1], 1)
+    assert prompted.prompt_cache_builds == 3
+
+
+def test_a_training_pass_or_a_composite_base_re_reads_the_prompt(llama):
+    """With autograd on, the prompt is read again (gradients reach it); a prompted prompted
+    model is not a plain model, so it re-reads both prompts and scores them in order."""
+    prompted = PromptedLM(llama, "Keep it private.")
+    ids, mask = torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long)
+    with torch.enable_grad():
+        assert prompted.logits(ids, mask).requires_grad
+    assert prompted.prompt_cache_builds == 0
+    outer = PromptedLM(prompted, [9, 10, 11])
+    sequences = _sequences(llama)[:2]
+    got = outer.targets(sequences, 1)
+    assert outer.prompt_cache() is None and outer.prompt_cache_builds == 0
+    expected = llama.targets([prompted.prompt + [9, 10, 11] + s for s in sequences],
+                             len(prompted.prompt) + 4)
+    assert torch.allclose(_flat(got), _flat(expected), atol=1e-5)
 
 
 def test_suffix_generations_are_as_long_as_the_suffix_and_end_at_eos():
