@@ -242,11 +242,14 @@ def continue_after_prompt(
             scores = output.logits[rows, lengths - 1].float()
             width = size + input_ids.shape[1]
             shifts = (input_ids.shape[1] - lengths).tolist()
-            cache = DynamicCache()
-            for index, layer in enumerate(_layers(output.past_key_values) or []):
+            read, cache = _layers(output.past_key_values) or [], DynamicCache()
+            del output  # its logits and cache are not needed past this point
+            for index, layer in enumerate(read):
                 keys = torch.stack([k.roll(s, dims=1) for k, s in zip(layer.keys, shifts)])
                 values = torch.stack([v.roll(s, dims=1) for v, s in zip(layer.values, shifts)])
+                layer.keys = layer.values = None  # one layer's copy at a time in memory
                 cache.update(keys, values, index)
+            del read
             ends = torch.arange(width, device=device)[None, :]
             mask = (ends >= (width - size - lengths)[:, None]).long()
             position = (size + lengths)[:, None]
