@@ -22,7 +22,13 @@ from unlearnlm.bench.runner import BenchSettings
 from unlearnlm.demo import DemoSettings
 from unlearnlm.errors import UnlearnError
 from unlearnlm.evaluate.settings import EvalSettings
-from unlearnlm.settings import FinetuneSettings, UnlearnConfig, add_flags, settings_from_args
+from unlearnlm.settings import (
+    DataSettings,
+    FinetuneSettings,
+    UnlearnConfig,
+    add_flags,
+    settings_from_args,
+)
 from unlearnlm.train.sisa import SisaForgetSettings, SisaTrainSettings
 
 log = logging.getLogger("unlearnlm")
@@ -89,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the SISA folder (the same as --sisa-dir)")
     add_flags(forget, SisaForgetSettings)
     forget.set_defaults(func=cmd_sisa_forget)
+
+    data = sub.add_parser("data", help="download the public data sets into the cache, or list "
+                          "which are present and where")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_sub.add_parser("fetch", help="download data sets from their original sources "
+                                "(Hugging Face hub, GitHub) into UNLEARNLM_CACHE/data")
+    fetch.add_argument("names", nargs="+", metavar="NAME",
+                       help="data sets to download (see `unlearnlm data list`)")
+    add_flags(fetch, DataSettings)
+    fetch.set_defaults(func=cmd_data_fetch)
+    listed = data_sub.add_parser("list", help="each data set: present (data folder or cache, "
+                                 "with its path) or missing (with the command that fetches it)")
+    listed.set_defaults(func=cmd_data_list)
 
     methods = sub.add_parser("methods", help="list the methods and their loss weights")
     methods.set_defaults(func=cmd_methods)
@@ -271,6 +290,34 @@ def cmd_sisa_forget(args: argparse.Namespace) -> int:
                        for k, r in deletion["retrained_from_slice"].items())
     print(f"Forgot {deletion['texts']} texts in {deletion['seconds']:.0f} s, retraining "
           f"{shards}. SISA folder: {s.out}")
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from unlearnlm.data.fetch import data_set, fetch
+    from unlearnlm.paths import data_cache
+
+    s = settings_from_args(DataSettings, args)
+    for name in args.names:
+        data_set(name)  # every name checked before anything downloads
+    for name in args.names:
+        written = fetch(name, s.github_raw_url, progress=not args.quiet, force=s.force)
+        state = f"{len(written)} files written" if written else "already present"
+        print(f"{name}: {state} ({data_cache()})")
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from unlearnlm.data.fetch import listing
+
+    for row in listing():
+        if row["state"] == "missing":
+            how = row["fetch"] or "not downloadable (see docs/data.md)"
+            print(f"{row['name']:14s} missing        {how}")
+        else:
+            fix = f" (complete it: {row['fetch']})" if row["state"] == "partial" and row["fetch"] \
+                else ""
+            print(f"{row['name']:14s} {row['state']:14s} {row['path']}{fix}")
     return 0
 
 
