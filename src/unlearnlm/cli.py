@@ -192,6 +192,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     s = settings_from_args(EvalSettings, args)
     tasks = s.planned_tasks()
+    wmdp, mmlu = s.question_sets()
     if s.backend == "harness":
         from unlearnlm.evaluate.harness import require_lm_eval
 
@@ -213,7 +214,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             lm, tokenizer, tasks=tasks, limit=s.limit, el_n=s.el_n, forget=samples,
             nonmember=split_records(nonmember, tokenizer, **split, role="nonmember")
             if nonmember else None,
-            judge=s.judge(), backend=s.backend,
+            judge=s.judge(), backend=s.backend, wmdp=wmdp, mmlu=mmlu,
         )
         result["settings"].update(model=model_path, forget=s.forget, role=name or "model",
                                   nonmember=s.nonmember
