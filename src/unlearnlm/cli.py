@@ -343,7 +343,9 @@ def _setup_logging(quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # import-time notices of optional kernels this CPU build does not have (torchao's triton
     # and CUDA libraries, torch's pytree deprecations): nothing a user can act on
-    for optional in ("torchao", "torch.utils._pytree"):
+    # huggingface_hub warns on every retry of a refused connection before it gives up; the one
+    # error line that follows says what happened and what to do
+    for optional in ("torchao", "torch.utils._pytree", "huggingface_hub"):
         logging.getLogger(optional).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
