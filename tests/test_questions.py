@@ -71,8 +71,8 @@ def test_prompt_is_the_harness_wmdp_prompt():
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet"])
 def test_wmdp_accuracy_is_the_argmax_of_letter_likelihoods(llama, tmp_path, suffix):
     model, tokenizer = llama
-    predicted = [max(range(4), key=lambda k, s=_letter_scores(model, tokenizer, row, "biology"):
-                     s[k]) for row in QUESTIONS]
+    scores = [_letter_scores(model, tokenizer, row, "biology") for row in QUESTIONS]
+    predicted = [max(range(4), key=s.__getitem__) for s in scores]
     rows = [dict(row, answer=p) for row, p in zip(QUESTIONS, predicted)]  # all right
     rows[0]["answer"] = (predicted[0] + 1) % 4  # one wrong: accuracy 2/3
     path = _write(tmp_path / f"wmdp-bio{suffix}", rows)
@@ -82,8 +82,7 @@ def test_wmdp_accuracy_is_the_argmax_of_letter_likelihoods(llama, tmp_path, suff
     section = result["tasks"]["wmdp:wmdp-bio"]
     assert section["aggregate"]["acc"] == pytest.approx(2 / 3)
     assert [s["prediction"] for s in section["samples"]] == predicted
-    expected = _letter_scores(model, tokenizer, QUESTIONS[1], "biology")
-    assert section["samples"][1]["log_likelihoods"] == pytest.approx(expected, abs=1e-4)
+    assert section["samples"][1]["log_likelihoods"] == pytest.approx(scores[1], abs=1e-4)
     assert result["settings"]["tasks"] == ["wmdp:wmdp-bio"]
 
 
