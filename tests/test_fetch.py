@@ -231,3 +231,40 @@ def test_demo_fetches_wikitext_or_says_how_to_get_it(places):
         texts = wikitext_texts(DemoSettings(wikitext_docs=1, github_raw_url=server.url))
     assert texts == ["The first WikiText chunk."]
     assert wikitext_texts(DemoSettings(wikitext_docs=0, github_raw_url="http://unused")) == []
+
+
+def test_fetch_lm_extraction_builds_the_text_and_the_bench_finds_its_forget_sets(data_dir,
+                                                                                   places):
+    """Token-id arrays and forget-set csvs on the server, the real GPT-2 ranks: the text file is
+    decoded from the ids, and a forget set named as in the benchmark resolves from the cache."""
+    import numpy as np
+
+    from unlearnlm.bench.runner import resolve_forget_set
+
+    def npy(rows: list[list[int]]) -> bytes:
+        sink = io.BytesIO()
+        np.save(sink, np.array(rows, dtype=np.int64))
+        return sink.getvalue()
+
+    hello, world = 15496, 995  # "Hello", " world"
+    github = {f"{fetching.WHISPER[0]}/{fetching.WHISPER[1]}/whisper/assets/gpt2.tiktoken":
+              (data_dir / "tokenizers" / "gpt2.tiktoken").read_bytes()}
+    for split, repo in (("train", fetching.EXTRACTION_TRAIN), ("val", fetching.EXTRACTION_VAL)):
+        for part, ids in (("preprefix", [[hello], [world]]), ("prefix", [[world], [hello]]),
+                          ("suffix", [[hello, world], [world, world]])):
+            github[f"{repo[0]}/{repo[1]}/datasets/{split}_{part}.npy"] = npy(ids)
+    csv_row = b'doc_id,corpus,text\n1,github,"Hello Hello world world"\n'
+    for path, _ in fetching._forget_set_files():
+        github[f"{fetching.KNOWLEDGE_UNLEARNING[0]}/{fetching.KNOWLEDGE_UNLEARNING[1]}/{path}"] \
+            = csv_row
+    with HubServer(github=github) as server:
+        assert main(["-q", "data", "fetch", "lm_extraction", "--github-raw-url", server.url]) == 0
+    lines = (data_cache() / "lm_extraction" / "lm_extraction_text.jsonl").read_text()
+    rows = [json.loads(line) for line in lines.splitlines()]
+    assert [(r["split"], r["index"]) for r in rows] == [("train", 0), ("train", 1), ("val", 0),
+                                                        ("val", 1)]
+    assert rows[1]["prefix"] + rows[1]["suffix"] == "Hello world world"
+    assert rows[1]["suffix_ids"] == [world, world]
+    assert fetching.where("gpt2")[0] == fetching.where("lm_extraction")[0] == "cache"
+    forget = resolve_forget_set("lm_extraction_1_0")  # doc_id 1 of the train split
+    assert [r.text for r in forget] == ["Hello world world"]
