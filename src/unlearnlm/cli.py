@@ -22,7 +22,13 @@ from unlearnlm.bench.runner import BenchSettings
 from unlearnlm.demo import DemoSettings
 from unlearnlm.errors import UnlearnError
 from unlearnlm.evaluate.settings import EvalSettings
-from unlearnlm.settings import FinetuneSettings, UnlearnConfig, add_flags, settings_from_args
+from unlearnlm.settings import (
+    DataSettings,
+    FinetuneSettings,
+    UnlearnConfig,
+    add_flags,
+    settings_from_args,
+)
 from unlearnlm.train.sisa import SisaForgetSettings, SisaTrainSettings
 
 log = logging.getLogger("unlearnlm")
@@ -89,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the SISA folder (the same as --sisa-dir)")
     add_flags(forget, SisaForgetSettings)
     forget.set_defaults(func=cmd_sisa_forget)
+
+    data = sub.add_parser("data", help="download the public data sets into the cache, or list "
+                          "which are present and where")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_sub.add_parser("fetch", help="download data sets from their original sources "
+                                "(Hugging Face hub, GitHub) into UNLEARNLM_CACHE/data")
+    fetch.add_argument("names", nargs="+", metavar="NAME",
+                       help="data sets to download (see `unlearnlm data list`)")
+    add_flags(fetch, DataSettings)
+    fetch.set_defaults(func=cmd_data_fetch)
+    listed = data_sub.add_parser("list", help="each data set: present (data folder or cache, "
+                                 "with its path) or missing (with the command that fetches it)")
+    listed.set_defaults(func=cmd_data_list)
 
     methods = sub.add_parser("methods", help="list the methods and their loss weights")
     methods.set_defaults(func=cmd_methods)
@@ -173,6 +192,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     s = settings_from_args(EvalSettings, args)
     tasks = s.planned_tasks()
+    wmdp, mmlu = s.question_sets()
     if s.backend == "harness":
         from unlearnlm.evaluate.harness import require_lm_eval
 
@@ -194,7 +214,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             lm, tokenizer, tasks=tasks, limit=s.limit, el_n=s.el_n, forget=samples,
             nonmember=split_records(nonmember, tokenizer, **split, role="nonmember")
             if nonmember else None,
-            judge=s.judge(), backend=s.backend,
+            judge=s.judge(), backend=s.backend, wmdp=wmdp, mmlu=mmlu,
         )
         result["settings"].update(model=model_path, forget=s.forget, role=name or "model",
                                   nonmember=s.nonmember
@@ -274,6 +294,34 @@ def cmd_sisa_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from unlearnlm.data.fetch import data_set, fetch
+    from unlearnlm.paths import data_cache
+
+    s = settings_from_args(DataSettings, args)
+    for name in args.names:
+        data_set(name)  # every name checked before anything downloads
+    for name in args.names:
+        written = fetch(name, s.github_raw_url, progress=not args.quiet, force=s.force)
+        state = f"{len(written)} files written" if written else "already present"
+        print(f"{name}: {state} ({data_cache()})")
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from unlearnlm.data.fetch import listing
+
+    for row in listing():
+        if row["state"] == "missing":
+            how = row["fetch"] or "not downloadable (see docs/data.md)"
+            print(f"{row['name']:14s} missing        {how}")
+        else:
+            fix = f" (complete it: {row['fetch']})" if row["state"] == "partial" and row["fetch"] \
+                else ""
+            print(f"{row['name']:14s} {row['state']:14s} {row['path']}{fix}")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from unlearnlm.methods.losses import METHODS
 
@@ -295,7 +343,9 @@ def _setup_logging(quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # import-time notices of optional kernels this CPU build does not have (torchao's triton
     # and CUDA libraries, torch's pytree deprecations): nothing a user can act on
-    for optional in ("torchao", "torch.utils._pytree"):
+    # huggingface_hub warns on every retry of a refused connection before it gives up; the one
+    # error line that follows says what happened and what to do
+    for optional in ("torchao", "torch.utils._pytree", "huggingface_hub"):
         logging.getLogger(optional).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:

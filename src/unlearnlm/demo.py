@@ -36,6 +36,7 @@ from unlearnlm.data.records import (
     others_fields,
     write_records,
 )
+from unlearnlm.errors import UnlearnError
 from unlearnlm.lm.generation import generate_continuations
 from unlearnlm.rundir import write_text_atomic
 from unlearnlm.settings import Settings, setting, shared
@@ -103,6 +104,9 @@ class DemoSettings(Settings):
     wikitext_docs: int = setting(8, "WikiText documents for the fluency perplexity; 0: none",
                                  interval="[0, inf)")
     wikitext_tokens: int = setting(256, "tokens of each WikiText document", positive=True)
+    github_raw_url: str = shared("github_raw_url", help="base URL of raw GitHub files, where "
+                                 "WikiText is downloaded from when neither the data folder nor "
+                                 "the cache has it")
     show_kept: int = setting(4, "kept records shown in the console tables",
                              interval="[0, inf)")
 
@@ -213,7 +217,7 @@ def fluency(model, tokenizer, s: DemoSettings) -> dict:
         outs = generate_continuations(model, prompts, 20, pad_token_id=tokenizer.pad_token_id,
                                       eos_token_id=tokenizer.eos_token_id)
     result = {"continuations": [tokenizer.decode(o, skip_special_tokens=True) for o in outs]}
-    texts = _wikitext(s.wikitext_docs)
+    texts = wikitext_texts(s)
     if texts:
         ids = [tokenizer(t, add_special_tokens=False)["input_ids"][: s.wikitext_tokens]
                for t in texts]
@@ -222,18 +226,33 @@ def fluency(model, tokenizer, s: DemoSettings) -> dict:
     return result
 
 
-def _wikitext(count: int) -> list[str]:
+def wikitext_texts(s: DemoSettings) -> list[str]:
+    """The first ``s.wikitext_docs`` WikiText documents (none when it is 0), from the data
+    folder or the cache; downloaded into the cache (``unlearnlm data fetch wikitext``) when
+    neither has them, and an UnlearnError saying how to get them when that fails."""
     import csv
 
-    from unlearnlm.paths import data_root
+    from unlearnlm.data.fetch import fetch
+    from unlearnlm.paths import find_data
 
-    root = data_root(required=False)
-    path = root / "eval" / "wikitext.csv" if root else None
-    if path is None or not path.is_file():
+    if not s.wikitext_docs:
         return []
+    path = find_data("eval/wikitext.csv")
+    if path is None:
+        _say("  WikiText is in neither the data folder nor the cache: downloading it "
+             "(`unlearnlm data fetch wikitext`).")
+        try:
+            fetch("wikitext", s.github_raw_url, progress=False)
+        except UnlearnError as exc:
+            raise UnlearnError(
+                f"the demo's WikiText perplexity needs eval/wikitext.csv, which could not be "
+                f"downloaded ({exc}); run `unlearnlm data fetch wikitext` where there is a "
+                "network, set UNLEARNLM_DATA to a folder that has it, or pass --wikitext-docs 0"
+            ) from exc
+        path = find_data("eval/wikitext.csv")
     csv.field_size_limit(1 << 30)
     with open(path, encoding="utf-8", newline="") as handle:
-        return [row["text"] for _, row in zip(range(count), csv.DictReader(handle))]
+        return [row["text"] for _, row in zip(range(s.wikitext_docs), csv.DictReader(handle))]
 
 
 def _autocast(mixed_precision: str):
@@ -325,6 +344,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> dict:
     _say(f"Step 1/5  Writing fictitious records: {s.forget} to forget, {s.keep} to keep, "
          f"{s.pool} look-alikes (the analogous pool), {s.calibration} never seen (calibration), "
          f"{s.strangers} strangers (never seen, for judging the result).")
+    wikitext_texts(s)  # the fluency line's data, fetched now rather than after fine-tuning
     sets = make_data(out, s)
 
     _say("Step 2/5  Making the model leak them.")

@@ -178,6 +178,9 @@ _SHARED: dict[str, tuple[Any, str, dict[str, Any]]] = {
                       "forget prefixes with other continuations", {"interval": "[0, inf)"}),
     "filter_ngram": (8, "guard-filter: a generation that reproduces this many consecutive "
                      "tokens of a forget text is withheld", {"positive": True}),
+    # where `unlearnlm data fetch` (and the demo, for what it lacks) reads GitHub files from
+    "github_raw_url": ("https://raw.githubusercontent.com", "base URL of raw GitHub files: "
+                       "BASE/OWNER/REPO/REF/PATH (a mirror, or a local server in tests)", {}),
 }
 _UNSET = object()
 
@@ -360,6 +363,22 @@ class UnlearnConfig(Settings):
         from unlearnlm.methods.losses import METHODS
 
         return self.forget_tokens or METHODS[self.method].targets
+
+
+@dataclass
+class DataSettings(Settings):
+    """``unlearnlm data fetch``: where the GitHub-hosted sets are downloaded from (the hub's
+    address is huggingface_hub's own ``HF_ENDPOINT``, its token ``HF_TOKEN``)."""
+
+    command = "data"
+
+    github_raw_url: str = shared("github_raw_url")
+    force: bool = setting(False, "download again even when the set is already present")
+
+    def check(self) -> None:
+        if not self.github_raw_url.startswith(("http://", "https://")):
+            raise UnlearnError(f"github_raw_url must start with http:// or https://, got "
+                               f"{self.github_raw_url!r}")
 
 
 @dataclass

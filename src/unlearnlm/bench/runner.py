@@ -225,11 +225,9 @@ class BenchSettings(Settings):
 
 def _extraction_rows() -> dict[str, dict[int, Record]]:
     """The benchmark's samples by split and index, each as its prefix + suffix text."""
-    from unlearnlm.paths import data_root
+    from unlearnlm.paths import data_file
 
-    path = data_root() / "lm_extraction" / "lm_extraction_text.jsonl"
-    if not path.is_file():
-        raise UnlearnError(f"{path} not found; set UNLEARNLM_DATA or give the data files")
+    path = data_file("lm_extraction/lm_extraction_text.jsonl", "lm_extraction")
     return _read_extraction(str(path))
 
 
@@ -245,12 +243,10 @@ def _read_extraction(path: str) -> dict[str, dict[int, Record]]:
 
 
 def _benchmark_folders() -> list[Path]:
-    from unlearnlm.paths import data_root
+    from unlearnlm.paths import find_data
 
-    root = data_root(required=False)
-    if root is None:
-        return []
-    return [(root / "lm_extraction" / name).resolve() for name in ("forget_sets", "domain_sets")]
+    found = [find_data(f"lm_extraction/{name}") for name in ("forget_sets", "domain_sets")]
+    return [path.resolve() for path in found if path is not None]
 
 
 def resolve_forget_set(spec: str) -> list[Record]:
@@ -267,8 +263,9 @@ def resolve_forget_set(spec: str) -> list[Record]:
         if not found:
             raise UnlearnError(
                 f"no forget set named '{spec}' (looked in lm_extraction/forget_sets and "
-                "domain_sets of the data folder); names look like lm_extraction_32_0, or give "
-                "a file")
+                "domain_sets of the data folder and the data cache); names look like "
+                "lm_extraction_32_0 (`unlearnlm data fetch lm_extraction` downloads them), or "
+                "give a file")
         path = found[0]
     records = read_records(path, role="forget")
     if path.resolve().parent not in _benchmark_folders():

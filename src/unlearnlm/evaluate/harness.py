@@ -48,7 +48,7 @@ from pathlib import Path
 
 import yaml
 
-from unlearnlm.data.eval_sets import eval_dir
+from unlearnlm.data.eval_sets import eval_file
 from unlearnlm.errors import UnlearnError
 
 log = logging.getLogger(__name__)
@@ -135,9 +135,7 @@ def lm_eval_version() -> str:
 
 
 def _data_files(spec: HarnessTask, folder: Path) -> list[str]:
-    source = eval_dir() / spec.data
-    if not source.exists():
-        raise UnlearnError(f"evaluation data {source} not found; check UNLEARNLM_DATA")
+    source = eval_file(spec.data)
     if spec.convert is not None:
         return [str(spec.convert(source, folder))]
     if spec.builder == "arrow":
@@ -206,31 +204,12 @@ def harness_accuracy(
                            f"{', '.join(HARNESS_TASKS)} (others run with --backend ours)")
     if limit is not None and limit < 1:
         raise UnlearnError(f"limit is {limit}; give 1 or more (or leave it out for everything)")
-    lm_eval = require_lm_eval()
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-
-    from unlearnlm.lm.generation import context_limit, evaluation_mode
+    from unlearnlm.lm.generation import context_limit
 
     window = max_tokens or context_limit(model)
-    chatty = logging.getLogger("lm_eval")  # its INFO lines (task listing, seeds) every call
-    level = chatty.level
-    chatty.setLevel(max(level, logging.WARNING))
-    try:
-        with tempfile.TemporaryDirectory(prefix="unlearnlm-harness-") as tmp:
-            folder = Path(tmp)
-            write_task_config(task_name, folder)
-            manager = TaskManager(include_path=str(folder), include_defaults=False)
-            with evaluation_mode(model):
-                lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=BATCH_SIZE,
-                          max_length=max(window - 1, 1), add_bos_token=False)
-                out = lm_eval.simple_evaluate(
-                    model=lm, tasks=[task_name], task_manager=manager, limit=limit,
-                    num_fewshot=None, bootstrap_iters=0, log_samples=True, random_seed=None,
-                    numpy_random_seed=None, torch_random_seed=None,
-                )
-    finally:
-        chatty.setLevel(level)
+    with tempfile.TemporaryDirectory(prefix="unlearnlm-harness-") as tmp:
+        write_task_config(task_name, Path(tmp))
+        out = _simple_evaluate(model, tokenizer, Path(tmp), [task_name], limit, window)
     log.info("lm-eval %s scored %s", lm_eval_version(), task_name)
     metrics = out["results"][task_name]
     rows = _sample_rows(task_name, out["samples"][task_name])
@@ -246,6 +225,99 @@ def harness_accuracy(
             aggregate["acc_norm"] = float(metrics["acc_norm,none"])
         aggregate["n"] = len(rows)
     return {"aggregate": aggregate, "samples": rows, "harness": harness}
+
+
+def _simple_evaluate(model, tokenizer, folder: Path, tasks: list[str], limit: int | None,
+                     window: int) -> dict:
+    """``lm_eval.simple_evaluate`` of the task configs in ``folder`` on the in-memory model."""
+    lm_eval = require_lm_eval()
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from unlearnlm.lm.generation import evaluation_mode
+
+    chatty = logging.getLogger("lm_eval")  # its INFO lines (task listing, seeds) every call
+    level = chatty.level
+    chatty.setLevel(max(level, logging.WARNING))
+    try:
+        manager = TaskManager(include_path=str(folder), include_defaults=False)
+        with evaluation_mode(model):
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=BATCH_SIZE,
+                      max_length=max(window - 1, 1), add_bos_token=False)
+            return lm_eval.simple_evaluate(
+                model=lm, tasks=tasks, task_manager=manager, limit=limit,
+                num_fewshot=None, bootstrap_iters=0, log_samples=True, random_seed=None,
+                numpy_random_seed=None, torch_random_seed=None,
+            )
+    finally:
+        chatty.setLevel(level)
+
+
+def write_mmlu_configs(rows: list[dict], folder: Path) -> list[str]:
+    """One task config per subject of the MMLU ``rows``: the harness's own
+    ``mmlu/default/mmlu_{subject}.yaml`` (prompt, letters, description), its data set replaced
+    by the subject's rows as JSON lines, test split only, zero-shot. Returns the task names."""
+    lm_eval = require_lm_eval()
+    default = Path(lm_eval.tasks.__file__).parent / "mmlu" / "default"
+    template = default / "_default_template_yaml"
+    if not template.is_file():
+        raise UnlearnError(f"lm-eval {lm_eval_version()} has no mmlu/default task; use "
+                           "lm-eval 0.4.x or --backend ours")
+    by_subject: dict[str, list[dict]] = {}
+    for row in rows:
+        by_subject.setdefault(str(row["subject"]), []).append(row)
+    names = []
+    for subject, docs in sorted(by_subject.items()):
+        data = folder / f"mmlu_{subject}.jsonl"
+        data.write_text("".join(json.dumps({k: doc[k] for k in ("question", "subject",
+                                                                "choices", "answer")},
+                                           ensure_ascii=False) + "\n" for doc in docs),
+                        encoding="utf-8")
+        own = default / f"mmlu_{subject}.yaml"
+        config = {
+            "include": str(own if own.is_file() else template),
+            "task": f"mmlu_{subject}",
+            "tag": None,
+            "dataset_path": "json",
+            "dataset_name": None,
+            "dataset_kwargs": {"data_files": {"test": [str(data)]},
+                               "cache_dir": str(folder / "datasets_cache")},
+            "test_split": "test",
+            "fewshot_split": None,
+            "num_fewshot": 0,
+        }
+        if not own.is_file():  # a subject the harness does not know: its own description
+            config["description"] = ("The following are multiple choice questions (with "
+                                     f"answers) about {subject.replace('_', ' ')}.\n\n")
+        (folder / f"mmlu_{subject}.yaml").write_text(yaml.safe_dump(config, sort_keys=False),
+                                                     encoding="utf-8")
+        names.append(f"mmlu_{subject}")
+    return names
+
+
+def harness_mmlu(model, tokenizer, rows: list[dict], limit: int | None = None,
+                 max_tokens: int | None = None) -> dict:
+    """MMLU accuracy by lm-evaluation-harness's mmlu tasks (one per subject, zero-shot) on
+    ``rows`` (question, subject, choices, answer; a local copy, never the hub). ``limit``:
+    questions per subject. The aggregate ``acc`` is the mean over all questions (the harness's
+    mmlu group weighs subjects by size); ``subjects`` holds each subject's."""
+    from unlearnlm.lm.generation import context_limit
+
+    window = max_tokens or context_limit(model)
+    with tempfile.TemporaryDirectory(prefix="unlearnlm-harness-") as tmp:
+        names = write_mmlu_configs(rows, Path(tmp))
+        out = _simple_evaluate(model, tokenizer, Path(tmp), names, limit, window)
+    samples, subjects = [], {}
+    for name in names:
+        rows_of = _sample_rows(name, out["samples"][name])
+        subjects[name[len("mmlu_"):]] = {"acc": float(out["results"][name]["acc,none"]),
+                                         "n": len(rows_of)}
+        samples += [{"subject": name[len("mmlu_"):], **row} for row in rows_of]
+    acc = sum(r["correct"] for r in samples) / max(len(samples), 1)
+    return {"aggregate": {"acc": acc, "n": len(samples)}, "subjects": subjects,
+            "samples": samples, "harness": {"version": lm_eval_version(),
+                                            "config": "mmlu/default", "max_length":
+                                            max(window - 1, 1)}}
 
 
 BACKENDS = ("ours", "harness")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from unlearnlm.data import eval_sets
 from unlearnlm.data.texts import Sample, read_records, split_records
 from unlearnlm.errors import UnlearnError
 from unlearnlm.evaluate.judge import JudgeSettings
 from unlearnlm.evaluate.suite import TASKS, plan_tasks
 from unlearnlm.lm.guards import BASELINES, guarded
 from unlearnlm.lm.interface import LM
-from unlearnlm.settings import Settings, setting, shared
+from unlearnlm.settings import Settings, name_list, setting, shared
 
 
 @dataclass
@@ -27,13 +28,25 @@ class EvalSettings(Settings):
         None, "texts the model never saw; null: the extraction benchmark's val split")
     tasks: str | None = setting(
         None, f"comma-separated task names: {', '.join(TASKS)}; dialogue: its four sets; null: "
-        "all but the four dialogue sets' own names, less forget and mia without --forget")
+        "all but the four dialogue sets' own names, less forget and mia without --forget; with "
+        "--wmdp or --mmlu: none besides those")
     limit: int | None = setting(
         None, "at most N documents/questions/non-members a task; null: all", positive=True)
     backend: str = setting(
         "ours", "who scores the zero-shot choice tasks and lambada: our implementation or "
         "lm-evaluation-harness (needs unlearnlm[harness]; other tasks stay ours)",
         choices=("ours", "harness"))
+    wmdp: list[str] = setting(
+        [], "WMDP question files to score (a comma list; each .jsonl, .json or .parquet with "
+        "question, choices, answer), or WMDP's configs bio, chem, cyber once fetched "
+        "(`unlearnlm data fetch wmdp`); accuracy by log-likelihood of the lettered answers")
+    mmlu: str | None = setting(
+        None, "MMLU questions to score as the mmlu task: a file (question, subject, choices, "
+        "answer), a folder with a copy of cais/mmlu's parquet files, or 'mmlu' once fetched "
+        "(`unlearnlm data fetch mmlu`); --backend harness runs lm-eval's mmlu tasks on it")
+    mmlu_subjects: list[str] = setting(
+        [], "a comma list of MMLU subjects to score (e.g. anatomy,astronomy); empty: all in "
+        "--mmlu")
     prefix_tokens: int = shared("prefix_tokens")
     suffix_tokens: int | None = shared("suffix_tokens")
     wrap: str | None = setting(
@@ -66,7 +79,10 @@ class EvalSettings(Settings):
     out: str = setting("", "output directory for eval.json")
 
     def check(self) -> None:
+        self.wmdp = name_list(self.wmdp)
+        self.mmlu_subjects = name_list(self.mmlu_subjects)
         tasks = self.planned_tasks()
+        self.question_sets()  # a malformed or missing question file fails before a model loads
         self._check_wrap()
         if not self.judge_url:
             if self.judge_model or self.judge_key_env:
@@ -117,9 +133,32 @@ class EvalSettings(Settings):
                        opening_tokens=self.guard_opening_tokens,
                        icul_examples=self.icul_examples, ngram=self.filter_ngram, seed=self.seed)
 
+    def question_sets(self) -> tuple[dict[str, list[dict]], list[dict] | None]:
+        """The checked rows of ``--wmdp`` ({label: rows}) and of ``--mmlu`` (its subjects in
+        ``--mmlu-subjects`` only)."""
+        wmdp: dict[str, list[dict]] = {}
+        for spec in self.wmdp:
+            label, path = eval_sets.wmdp_file(spec)
+            if label in wmdp:
+                raise UnlearnError(f"--wmdp names {label} twice; give each file once")
+            wmdp[label] = eval_sets.question_rows(path)
+        if self.mmlu_subjects and not self.mmlu:
+            raise UnlearnError("--mmlu-subjects picks subjects of --mmlu; give --mmlu too")
+        mmlu = eval_sets.mmlu_rows(self.mmlu) if self.mmlu else None
+        if mmlu is not None and self.mmlu_subjects:
+            known = {str(row["subject"]) for row in mmlu}
+            unknown = [s for s in self.mmlu_subjects if s not in known]
+            if unknown:
+                raise UnlearnError(f"--mmlu-subjects: {unknown[0]!r} is not a subject of "
+                                   f"{self.mmlu}; it has {', '.join(sorted(known))}")
+            mmlu = [row for row in mmlu if str(row["subject"]) in self.mmlu_subjects]
+        return wmdp, mmlu
+
     def planned_tasks(self) -> list[str]:
         """The tasks to run: ``tasks`` validated, or every task (less forget and mia without a
-        forget set)."""
+        forget set; none with question files and no --tasks)."""
+        if self.tasks is None and (self.wmdp or self.mmlu):
+            return []
         return plan_tasks(self.tasks, has_forget=bool(self.forget))
 
     def judge(self) -> JudgeSettings | None:

@@ -44,7 +44,7 @@ from unlearnlm.metrics.scores import (
     suffix_memorization_accuracy,
     token_entropy,
 )
-from unlearnlm.paths import data_root
+from unlearnlm.paths import data_file
 from unlearnlm.rundir import write_json
 
 log = logging.getLogger(__name__)
@@ -190,21 +190,32 @@ def evaluate(
     el_n: int = 10,
     judge: JudgeSettings | None = None,
     backend: str = "ours",
+    wmdp: dict[str, list[dict]] | None = None,
+    mmlu: list[dict] | None = None,
 ) -> dict:
     """Run the tasks (None = all but the per-set dialogue names, which ``dialogue`` covers);
     ``judge``: also have an LLM judge score the forget-set generations; ``backend="harness"``:
-    score the tasks of ``harness.HARNESS_TASKS`` with lm-evaluation-harness instead."""
+    score the tasks of ``harness.HARNESS_TASKS`` with lm-evaluation-harness instead.
+
+    ``wmdp``: {label: checked question rows} (``eval_sets.question_rows``), each scored as
+    ``wmdp:{label}`` by ``tasks.choice_accuracy`` with the lettered prompt (the same prompt and
+    choices as lm-evaluation-harness's wmdp tasks). ``mmlu``: MMLU rows, scored as ``mmlu``: by
+    the harness's per-subject mmlu tasks with ``backend="harness"``, else by our scorer on the
+    same prompt; ``limit`` caps the questions of each file (each subject, for MMLU)."""
     from unlearnlm.evaluate.harness import backend_runner
 
     run_harness = backend_runner(backend)  # None for ours; fails early without lm_eval
     model = as_lm(model, tokenizer)
     if run_harness:
         model.hf_model()  # fails early for a model the harness cannot run
-    names = resolve_tasks(tasks)
+    names = resolve_tasks(tasks) if tasks or not (wmdp or mmlu) else []
     if limit is not None and limit < 1:
         raise UnlearnError(f"limit is {limit}; give 1 or more (or leave it out for everything)")
-    if any(n not in ("forget", "mia") for n in names):
-        eval_sets.eval_dir()  # fail early, naming UNLEARNLM_DATA
+    for name in names:  # fail early, naming the fetch command or UNLEARNLM_DATA
+        if name in eval_sets.TASK_FILES:
+            eval_sets.eval_file(eval_sets.TASK_FILES[name])
+        elif name in eval_sets.DIALOGUE_SETS:
+            eval_sets.eval_file(f"{name}.json")
     nonmember = nonmember[:limit] if nonmember and limit is not None else nonmember
     results = _privacy_tasks(model, tokenizer, names, forget, nonmember, el_n, judge)
     for name in names:
@@ -212,18 +223,48 @@ def evaluate(
             log.info("Task %s", name)
             section = run_harness(name, model.hf_model(), tokenizer, limit) if run_harness else None
             results[name] = section or _run_task(name, model, tokenizer, limit)
+    for label, rows in (wmdp or {}).items():
+        log.info("WMDP %s", label)
+        subject = eval_sets.WMDP_SUBJECTS.get(label)
+        items = eval_sets.question_items(rows[:limit] if limit else rows, subject)
+        results[f"wmdp:{label}"] = choice_accuracy(model, tokenizer, items, model.context_limit())
+        names.append(f"wmdp:{label}")
+    if mmlu:
+        log.info("MMLU, %d questions", len(mmlu))
+        results["mmlu"] = mmlu_accuracy(model, tokenizer, mmlu, limit, backend)
+        names.append("mmlu")
     judged_by = {"url": judge.base_url, "model": judge.model} if judge else None
     return {"tasks": results,
             "settings": {"tasks": names, "limit": limit, "el_n": el_n, "judge": judged_by,
                          "backend": backend}}
 
 
+def mmlu_accuracy(model, tokenizer, rows: list[dict], limit: int | None, backend: str) -> dict:
+    """MMLU accuracy over ``rows``, at most ``limit`` questions a subject: lm-evaluation-
+    harness's mmlu tasks (``backend="harness"``) or our scorer on the same prompt."""
+    if backend == "harness":
+        from unlearnlm.evaluate.harness import harness_mmlu
+
+        return harness_mmlu(as_lm(model, tokenizer).hf_model(), tokenizer, rows, limit)
+    by_subject: dict[str, list[dict]] = {}
+    for row in rows:
+        by_subject.setdefault(str(row["subject"]), []).append(row)
+    samples, subjects = [], {}
+    for subject, docs in sorted(by_subject.items()):
+        items = eval_sets.question_items(docs[:limit] if limit else docs,
+                                         subject.replace("_", " "), f"{subject}-")
+        scored = choice_accuracy(model, tokenizer, items, as_lm(model, tokenizer).context_limit())
+        subjects[subject] = {"acc": scored["aggregate"]["acc"], "n": scored["aggregate"]["n"]}
+        samples += [{"subject": subject, **row} for row in scored["samples"]]
+    acc = mean([float(r["prediction"] == r["answer"]) for r in samples])
+    return {"aggregate": {"acc": acc, "n": len(samples)}, "subjects": subjects,
+            "samples": samples}
+
+
 def extraction_nonmembers(limit: int | None) -> list[Record]:
     """The extraction benchmark's ``val`` rows (prefix + suffix, as split there), the first
     ``limit``: Pile text that GPT-Neo was not trained on, the default non-member set."""
-    path = data_root() / "lm_extraction" / "lm_extraction_text.jsonl"
-    if not path.is_file():
-        raise UnlearnError(f"{path} not found; set UNLEARNLM_DATA or give --nonmember")
+    path = data_file("lm_extraction/lm_extraction_text.jsonl", "lm_extraction")
     records = []
     with open(path, encoding="utf-8") as handle:
         for line in handle:
