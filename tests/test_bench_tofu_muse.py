@@ -121,6 +121,8 @@ def test_tofu_forget01_end_to_end(tiny_llama_dir, data_root, tmp_path, one_torch
     train = [json.loads(line) for line in (out / "data" / "leaky_train.jsonl").open()]
     assert len(train) == 4 + 8
     assert train[0]["prefix"].startswith("Question: ") and train[0]["prefix"].endswith("Answer:")
+    assert [r["suffix"] for r in train[-4:]] == [" " + _qa(AUTHORS[4], n)["answer"]
+                                                 for n in range(4)]  # full: retain, then forget
     target = json.loads((Path(results["models"]["target"]["path"]) / "finetune.json").read_text())
     assert target["settings"]["loss_on"] == "suffix"
     assert "| ga |" in (out / "results.md").read_text()

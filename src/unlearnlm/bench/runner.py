@@ -349,11 +349,11 @@ def prepare_data(s: BenchSettings) -> dict[str, list[Record]]:
 
 def write_data(data: dict[str, list[Record]], folder: Path) -> dict[str, str]:
     """``folder/ROLE.jsonl`` per role and ``leaky_train.jsonl`` (forget + retain, ids prefixed
-    with their role so that two given files may use the same ids); a record with its own prefix
-    and suffix keeps them."""
+    with their role so that two given files may use the same ids; ``data`` may give its own);
+    a record with its own prefix and suffix keeps them."""
     both = [Record(f"{role}-{r.id}", r.text, r.prefix, r.suffix)
             for role in ("forget", "retain") for r in data[role]]
-    sets = {**data, "leaky_train": both}
+    sets = {"leaky_train": both, **data}
     paths = {}
     for name, records in sets.items():
         text = "".join(json.dumps({"id": r.id, "text": r.text} if r.prefix is None else

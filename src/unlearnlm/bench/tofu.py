@@ -117,13 +117,17 @@ def qa_records(items: list[dict], role: str) -> list[Record]:
 
 
 def training_sets(sets: dict[str, list[dict]]) -> dict[str, list[Record]]:
-    """The records of the bench's roles: the target model learns forget + retain (TOFU's full
-    set), the retain model retain only; the never-seen holdout authors calibrate the unlearning
-    thresholds and the retain set is the analogous pool."""
+    """The records of the bench's roles: ``leaky_train``, what the target model learns (forget +
+    retain, TOFU's full set); the retain model learns retain only; the never-seen holdout
+    authors calibrate the unlearning thresholds and the retain set is the analogous pool."""
     retain = qa_records(sets["retain_qa"], "retain")
     forget = qa_records(sets["forget_qa"], "forget")
+    # retain + forget is full.json, question for question, whatever the split: numbered by
+    # position, the target model's training file is the same for every split (one cached model)
+    full = [Record(f"full-{i}", r.text, r.prefix, r.suffix)
+            for i, r in enumerate(retain + forget)]
     return {"forget": forget, "retain": retain, "pool": retain,
-            "calibration": qa_records(sets["holdout_qa"], "holdout")}
+            "calibration": qa_records(sets["holdout_qa"], "holdout"), "leaky_train": full}
 
 
 # --- scoring one model -------------------------------------------------------------------------
