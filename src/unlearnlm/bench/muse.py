@@ -112,7 +112,8 @@ def membership_scores(lm, texts: list[str], attack: str) -> list[float]:
     score = bm.min_k_plus_plus if attack == "min_k++" else bm.min_k_percent
     width = lm.context_limit(cap=MIA_TOKENS)
     ids = [lm.tokenizer(t, add_special_tokens=False)["input_ids"][:width] for t in texts]
-    return lm.score(ids, lambda _, logits, targets: score(logits, targets, MIA_K), batch_size=4)
+    # one text a batch: a 2,048-token text's logits alone take 0.4 GB at a 49k vocabulary
+    return lm.score(ids, lambda _, logits, targets: score(logits, targets, MIA_K), batch_size=1)
 
 
 def evaluate(lm, sets: dict[str, list], limit: int | None, max_new_tokens: int,

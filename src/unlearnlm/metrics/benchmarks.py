@@ -148,7 +148,7 @@ def min_k_percent(logits: torch.Tensor, targets: torch.Tensor, k: float = 0.4) -
     the mean of the lowest k fraction of log P(x_t | x_<t). ``logits`` (T, V) predict ``targets``
     (T,). Higher: more likely a member. open-unlearning's ``MinKProbAttack`` returns its
     negative; MUSE uses k = 0.4 (open-unlearning's default for it)."""
-    logprobs = torch.log_softmax(logits.double(), dim=-1)
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
     return _lowest_mean(logprobs.gather(-1, targets[:, None]).squeeze(-1), k)
 
 
@@ -160,7 +160,7 @@ def min_k_plus_plus(logits: torch.Tensor, targets: torch.Tensor, k: float = 0.4)
     Higher: more likely a member. As in open-unlearning's ``MinKPlusPlusAttack``, sigma_t^2 is
     floored at 1e-6 (a one-hot distribution) and the sign is flipped there.
     Example: two tokens, V = 2, p = (0.5, 0.5) at both: sigma = 0, floored, z = 0 for both."""
-    logprobs = torch.log_softmax(logits.double(), dim=-1)  # (T, V)
+    logprobs = torch.log_softmax(logits.float(), dim=-1)  # (T, V), float32: T may be 2,048
     probs = logprobs.exp()
     mu = (probs * logprobs).sum(-1)
     sigma = ((probs * logprobs.square()).sum(-1) - mu.square()).clamp(min=1e-6).sqrt()
