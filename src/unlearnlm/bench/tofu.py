@@ -151,13 +151,12 @@ def answer_logprobs(lm, pairs: list[tuple[str, str]], batch_size: int = 8) -> li
 
 
 def generate_answers(lm, prompts: list[str], max_new_tokens: int,
-                     stops: tuple[str, ...] = ANSWER_STOPS, keep_tokens: int | None = None
-                     ) -> list[str]:
+                     stops: tuple[str, ...] = ANSWER_STOPS) -> list[str]:
     """Greedy answers, cut at the first stop string and stripped (open-unlearning's
     ``eval_text_similarity`` does the same with its stop words); a prompt longer than the
     model's context keeps its last tokens."""
     tokenizer = lm.tokenizer
-    room = (keep_tokens or lm.context_limit(cap=4096)) - max_new_tokens
+    room = lm.context_limit(cap=4096) - max_new_tokens
     if room < 1:
         raise UnlearnError(f"the model's context ({room + max_new_tokens} tokens) leaves no room "
                            f"for a prompt before {max_new_tokens} new tokens; lower "
