@@ -58,7 +58,7 @@ def write_tofu(root: Path) -> Path:
 
 
 def _news(topic: str, n: int) -> str:
-    return " ".join(f"The {topic} report {n} said line {i} of the story held." for i in range(6))
+    return " ".join(f"The {topic} report {n} said line {i} of the story held." for i in range(8))
 
 
 def write_muse(root: Path) -> Path:
@@ -143,8 +143,13 @@ def test_muse_news_end_to_end(tiny_llama_dir, data_root, tmp_path, one_torch_thr
             bm.privleak(auc["membership_auc"], rows["retain"]["membership_auc"]), nan_ok=True)
         for key in ("verbmem_forget", "knowmem_forget", "knowmem_retain"):
             assert 0 <= row[key] <= 1
-    forget = [json.loads(line) for line in (out / "data" / "forget.jsonl").open()]
-    assert any(r["prefix"] == "The" for r in forget)  # passages and privleak texts, chunked
+    forget = [(lambda r: r["prefix"] + r["suffix"])(json.loads(line))
+              for line in (out / "data" / "forget.jsonl").open()]
+    # three privleak texts of 88 words in pieces of 70 and 18 words, then the three passages
+    assert [len(x.split()) for x in forget[:2]] == [70, 18] and len(forget) == 3 * 2 + 3
+    assert forget[-1] == "The council report 2 began with a vote on item 2."
+    first = json.loads((out / "data" / "forget.jsonl").open().readline())
+    assert len(first["prefix"].split()) == 35 and len(first["suffix"].split()) == 35
     assert (out / "results.md").is_file() and not math.isnan(rows["target"]["membership_auc"])
 
 

@@ -7,9 +7,9 @@ the opening of a forget passage and its true continuation), ``knowmem/forget_qa.
 
 The offline copy has no raw training corpora, so the target model learns the forget texts (the
 privleak forget texts and the VerbMem passages) and the retain texts (privleak retain2), and the
-retain model the retain texts alone; texts are cut into ``CHUNK_WORDS``-word pieces, trained on
-every token. The holdout texts are never trained on: they are the membership attack's
-non-members and the unlearning loop's never-seen calibration texts.
+retain model the retain texts alone; texts are cut into ``CHUNK_WORDS``-word pieces (line
+breaks become spaces), trained on every token. The holdout texts are never trained on: they
+are the membership attack's non-members and the unlearning loop's never-seen calibration texts.
 
 Scores (``metrics.benchmarks``), as open-unlearning computes MUSE's: VerbMem, ROUGE-L F1 of the
 greedy continuation (128 tokens) of each forget passage's opening against its true
@@ -28,7 +28,7 @@ from unlearnlm.data.texts import Record
 from unlearnlm.errors import UnlearnError
 from unlearnlm.metrics import benchmarks as bm
 
-CHUNK_WORDS = 200  # training pieces, about 260 tokens of a Llama or GPT-2 tokenizer
+CHUNK_WORDS = 70  # training pieces, about 95 tokens of SmolLM2's tokenizer (1.36 a word)
 VERBMEM_TOKENS = 128
 KNOWMEM_TOKENS = 32
 KNOWMEM_STOPS = ("\n\n", "\nQuestion", "Question:")
@@ -75,19 +75,20 @@ def load(subset: float | None) -> dict[str, list]:
 
 
 def chunks(texts: list[str], role: str) -> list[Record]:
-    """Texts cut into pieces of ``CHUNK_WORDS`` words (whitespace kept inside a piece), each a
-    record whose first word is the prefix."""
+    """Texts cut into pieces of ``CHUNK_WORDS`` words (about 95 tokens, like the extraction
+    benchmark's 100-token samples), each split in half by words into its prefix and suffix:
+    fine-tuning trains on every token, unlearning and its scores use the split, whatever the
+    tokenizer."""
     records = []
     for t, text in enumerate(texts):
-        words = text.split(" ")
+        words = text.split()
         for c in range(0, len(words), CHUNK_WORDS):
-            piece = " ".join(words[c : c + CHUNK_WORDS]).strip()
-            if len(piece.split()) < 2:
-                continue
-            first, rest = piece.split(" ", 1) if " " in piece else (piece, "")
-            if not rest.strip():
-                continue
-            records.append(Record(f"{role}-{t}-{c // CHUNK_WORDS}", piece, first, " " + rest))
+            piece = words[c : c + CHUNK_WORDS]
+            if len(piece) >= 2:
+                half = len(piece) // 2
+                prefix, suffix = " ".join(piece[:half]), " " + " ".join(piece[half:])
+                records.append(Record(f"{role}-{t}-{c // CHUNK_WORDS}", prefix + suffix, prefix,
+                                      suffix))
     return records
 
 
