@@ -56,3 +56,36 @@ def test_cached_finetune_trains_once_per_model_data_and_settings(
     with pytest.raises(AssertionError, match="trained again"):  # other data: another key
         cached_finetune(str(tiny_llama_dir), write_jsonl(tmp_path / "b.jsonl", FORGET_RECORDS),
                         "leaky", **settings)
+
+
+@pytest.mark.parametrize("loss_on", ["all", "suffix"])
+def test_loss_on_suffix_trains_on_the_answers_only(tiny_llama_dir, tmp_path, loss_on):
+    """One epoch of one batch: its loss is the base model's mean NLL over the tokens that carry
+    the loss, computed before the step: every token after the first ('all') or the answer
+    tokens after "Question: ...\\nAnswer:" ('suffix')."""
+    import json
+
+    from unlearnlm.lm.interface import LM
+
+    qa = [("Question: Who is Alice?\nAnswer:", " Alice Smith is a baker."),
+          ("Question: Where does Bob live?\nAnswer:", " Bob lives at 12 Station Road.")]
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"prefix": p, "suffix": s}) + "\n" for p, s in qa))
+    record = finetune(str(tiny_llama_dir), str(data), str(tmp_path / "out"), max_epochs=1,
+                      lr=1e-3, batch_size=2, target_accuracy=None, loss_on=loss_on,
+                      progress=False)
+    lm = LM.load(str(tiny_llama_dir))
+    samples = split_records(read_records(data), lm.tokenizer)
+    starts = [len(x.prefix_ids) if loss_on == "suffix" else 1 for x in samples]
+    scored = lm.targets([x.input_ids for x in samples], starts)
+    logprobs = [lp for t in scored for lp in t.logprobs]
+    assert record["epochs"][0]["loss"] == pytest.approx(-sum(logprobs) / len(logprobs), rel=1e-5)
+    assert record["settings"]["loss_on"] == loss_on
+
+
+def test_loss_on_suffix_is_refused_under_dp():
+    from unlearnlm.errors import UnlearnError
+    from unlearnlm.settings import FinetuneSettings
+
+    with pytest.raises(UnlearnError, match="--loss-on all"):
+        FinetuneSettings(model="m", data="d", out="o", dp_epsilon=8.0, loss_on="suffix")

@@ -258,6 +258,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     s = settings_from_args(BenchSettings, args)
     results = run_bench(s)
+    if s.benchmark != "lm_extraction":
+        print(results["table"])
+        print("\nFiles: " + ", ".join(results["files"].values()))
+        return 0
     if s.audit:  # each method's audit as a report of its own, beside its audit.json
         from unlearnlm.report.audit import write_audit_report
 

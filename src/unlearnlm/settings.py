@@ -428,11 +428,16 @@ class FinetuneSettings(Settings):
                          "well under 1 / the number of records", interval="(0, 1)")
     dp_max_grad_norm: float = _f(1.0, "DP-SGD: each record's gradient is clipped to this L2 norm",
                                  positive=True)
+    loss_on: str = _f(
+        "all", "the tokens that carry the loss: 'all' (every token after the first) or 'suffix' "
+        "(the suffix only, e.g. a question-answer record's answer)", choices=("all", "suffix"))
 
     def check(self) -> None:
         check_what_trains(self)
         if self.dp_epsilon is None:
             return
+        if self.loss_on != "all":
+            raise UnlearnError("--dp-epsilon trains on every token; give --loss-on all")
         if self.general:
             raise UnlearnError("--general cannot be combined with --dp-epsilon: the mixed-in "
                                "text would join the private gradients; give --general null")

@@ -27,6 +27,12 @@ The protocol (as TOFU does it: Maini et al. 2024), step by step:
 
 Each step skips what an earlier run into the same ``out`` finished, so a killed bench resumes
 when the same command is run again (a method killed mid-run carries on from its last epoch).
+
+``--benchmark tofu`` and ``--benchmark muse-news`` run the same protocol on TOFU's and MUSE-News's
+data (``bench.tofu``, ``bench.muse``): the target model (fine-tuned on forget + retain) and the
+retain model are cached, every unlearning method starts from the target model, and each model is
+scored with the benchmark's own metrics (``out/eval/NAME/BENCHMARK.json``) into
+``results.json`` and ``results.md``.
 """
 
 from __future__ import annotations
@@ -60,7 +66,9 @@ ROLES = ("forget", "retain", "pool", "calibration", "nonmember")
 EVAL_ONLY = ("out", "methods", "tasks", "limit", "nonmember", "nonmember_size", "audit",
              "audit_attacks", "audit_el", "dp_epsilon", "dp_delta", "dp_max_grad_norm",
              "sisa_shards", "sisa_slices", "sisa_epochs", "sisa_lr", "sisa_lora_rank",
-             "guard_opening_tokens", "icul_examples", "filter_ngram")
+             "guard_opening_tokens", "icul_examples", "filter_ngram", "answer_tokens",
+             "privleak_attack")
+BENCHMARKS = ("lm_extraction", "tofu", "muse-news")
 
 
 def _default_tasks() -> list[str]:
@@ -75,6 +83,21 @@ class BenchSettings(Settings):
 
     command = "bench"
 
+    benchmark: str = setting(
+        "lm_extraction", "lm_extraction: the extraction benchmark's forget sets (--forget-set); "
+        "tofu: TOFU's fictitious authors (--split); muse-news: MUSE's BBC news",
+        choices=BENCHMARKS)
+    split: str = setting("forget10", "tofu: the forget split (2, 10 or 20 authors of 200)",
+                         choices=("forget01", "forget05", "forget10"))
+    subset: float | None = setting(
+        None, "tofu and muse-news: keep this fraction of every set (the first ones; the split's "
+        "ratios hold), for quick runs; null: all", interval="(0, 1]")
+    answer_tokens: int = setting(
+        200, "tofu and muse-news: most tokens generated per answer (TOFU: 200, as "
+        "open-unlearning; MUSE's VerbMem 128 and KnowMem 32 at most)", positive=True)
+    privleak_attack: str = setting(
+        "min_k++", "muse-news: the membership score behind PrivLeak (Min-K%++, or MUSE's "
+        "original Min-K%), k = 0.4", choices=("min_k++", "min_k"))
     forget_set: str = setting(
         "lm_extraction_32_0", "forget set: a benchmark name (lm_extraction_{N}_{k}, N in 1, 4, 8, "
         "32, 128, k in 0..4; or {domain}_8_{k}) or a .csv/.jsonl/.txt file")
@@ -170,10 +193,16 @@ class BenchSettings(Settings):
 
         self.methods = name_list(self.methods)
         known = [*METHODS, DP_METHOD, SISA_METHOD, *BASELINES]
+        if self.benchmark != "lm_extraction":
+            known = list(METHODS)  # the rows beside unlearning need the extraction protocol
         unknown = [m for m in self.methods if m not in known]
         if unknown or not self.methods:
             problem = f"unknown method '{unknown[0]}'" if unknown else "no method given"
-            raise UnlearnError(f"{problem}; known methods: {', '.join(known)}")
+            scope = "" if self.benchmark == "lm_extraction" else f" for {self.benchmark}"
+            raise UnlearnError(f"{problem}; known methods{scope}: {', '.join(known)}")
+        if self.audit and self.benchmark != "lm_extraction":
+            raise UnlearnError(f"--audit runs on the lm_extraction benchmark, not "
+                               f"{self.benchmark}; drop --audit")
         self.tasks = name_list(self.tasks)
         resolve_tasks(self.tasks)
         for method in self.trained_methods:  # the loop's own checks, before any work
@@ -317,13 +346,16 @@ def prepare_data(s: BenchSettings) -> dict[str, list[Record]]:
 
 def write_data(data: dict[str, list[Record]], folder: Path) -> dict[str, str]:
     """``folder/ROLE.jsonl`` per role and ``leaky_train.jsonl`` (forget + retain, ids prefixed
-    with their role so that two given files may use the same ids)."""
-    both = [Record(f"{role}-{r.id}", r.text) for role in ("forget", "retain") for r in data[role]]
-    sets = {**data, "leaky_train": both}
+    with their role so that two given files may use the same ids; ``data`` may give its own);
+    a record with its own prefix and suffix keeps them."""
+    both = [Record(f"{role}-{r.id}", r.text, r.prefix, r.suffix)
+            for role in ("forget", "retain") for r in data[role]]
+    sets = {"leaky_train": both, **data}
     paths = {}
     for name, records in sets.items():
-        text = "".join(json.dumps({"id": r.id, "text": r.text}, ensure_ascii=False) + "\n"
-                       for r in records)
+        text = "".join(json.dumps({"id": r.id, "text": r.text} if r.prefix is None else
+                                  {"id": r.id, "prefix": r.prefix, "suffix": r.suffix},
+                                  ensure_ascii=False) + "\n" for r in records)
         path = folder / f"{name}.jsonl"
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             write_text_atomic(path, text)
@@ -334,8 +366,10 @@ def write_data(data: dict[str, list[Record]], folder: Path) -> dict[str, str]:
 # --- step 2: the leaky and the retain model ----------------------------------------------------
 
 
-def finetuned_model(kind: str, s: BenchSettings, data_file: str) -> tuple[Path, dict]:
-    """The base model fine-tuned on ``data_file`` (``train.finetune.cached_finetune``)."""
+def finetuned_model(kind: str, s: BenchSettings, data_file: str,
+                    **extra: Any) -> tuple[Path, dict]:
+    """The base model fine-tuned on ``data_file`` (``train.finetune.cached_finetune``);
+    ``extra``: more of ``finetune``'s settings (they join the cache key)."""
     from unlearnlm.train.finetune import cached_finetune
 
     folder, record = cached_finetune(
@@ -343,7 +377,7 @@ def finetuned_model(kind: str, s: BenchSettings, data_file: str) -> tuple[Path, 
         max_epochs=s.finetune_epochs, lr=s.finetune_lr, batch_size=s.batch_size,
         target_accuracy=s.finetune_target, prefix_tokens=s.prefix_tokens,
         suffix_tokens=s.suffix_tokens, mixed_precision=s.mixed_precision, seed=s.seed,
-        trainable_layers=s.trainable_layers,
+        trainable_layers=s.trainable_layers, **extra,
     )
     if not record["memorised"]:
         log.warning("  The %s model reached suffix token accuracy %.3f only, under the target "
@@ -486,6 +520,8 @@ def _check_same_settings(s: BenchSettings, out: Path) -> None:
     path = out / "bench_settings.json"
     if path.is_file():
         before = json.loads(path.read_text(encoding="utf-8"))
+        # a setting added since that run had its default there
+        before = {**{k: v for k, v in _defaults().items() if k in defining}, **before}
         changed = sorted(k for k in set(before) | set(defining)
                          if before.get(k) != defining.get(k))
         if changed:
@@ -497,6 +533,12 @@ def _check_same_settings(s: BenchSettings, out: Path) -> None:
     write_json(path, defining)
 
 
+def _defaults() -> dict[str, Any]:
+    """Every bench setting's default value."""
+    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(BenchSettings)}
+
+
 def run_bench(settings: BenchSettings | None = None) -> dict:
     """Run the whole comparison (see the module docstring); returns what results.json holds."""
     from unlearnlm.bench.guards import run_guard
@@ -505,6 +547,8 @@ def run_bench(settings: BenchSettings | None = None) -> dict:
     s = settings or BenchSettings()
     out = Path(s.out).expanduser().resolve()
     start = time.perf_counter()
+    if s.benchmark != "lm_extraction":
+        return run_qa_bench(s, out, start)
     log.info("Step 1/5  Data: forget set %s, retain, analogous pool, calibration and non-member "
              "texts", s.forget_set)
     data = prepare_data(s)
@@ -546,3 +590,111 @@ def run_bench(settings: BenchSettings | None = None) -> dict:
     results = write_results_files(out, s, data, models, runs, evals, audits)
     log.info("Bench done in %.0f s", time.perf_counter() - start)
     return results
+
+
+# --- TOFU and MUSE-News ------------------------------------------------------------------------
+
+
+def run_qa_bench(s: BenchSettings, out: Path, start: float) -> dict:
+    """TOFU or MUSE-News: the module docstring's steps with the benchmark's data and scores."""
+    from unlearnlm.bench import muse, tofu
+
+    tofu_run = s.benchmark == "tofu"
+    module: Any = tofu if tofu_run else muse
+    log.info("Step 1/5  Data: %s%s%s", s.benchmark, f" {s.split}" if tofu_run else "",
+             f", the first {s.subset:g} of every set" if s.subset else "")
+    sets = tofu.load(s.split, s.subset) if tofu_run else muse.load(s.subset)
+    data = module.training_sets(sets)
+    _check_same_settings(s, out)
+    files = write_data(data, out / "data")
+    log.info("  %s", ", ".join(f"{len(data[r])} {r}" for r in data))
+
+    log.info("Step 2/5  The target model (forget + retain) and the retain model (retain only)")
+    loss_on = "suffix" if tofu_run else "all"  # TOFU: the loss on the answers
+    models = {"target": finetuned_model(f"{s.benchmark}-target", s, files["leaky_train"],
+                                        loss_on=loss_on),
+              "retain": finetuned_model(f"{s.benchmark}-retain", s, files["retain"],
+                                        loss_on=loss_on)}
+
+    log.info("Step 3/5  Unlearning, each method from the target model: %s", ", ".join(s.methods))
+    runs = {name: run_method(name, s, models["target"][0], files, out / "methods" / name)
+            for name in s.methods}
+
+    log.info("Step 4/5  Scoring the target model, the retain model and every method")
+    dirs = {"target": models["target"][0], "retain": models["retain"][0],
+            **{name: out / "methods" / name for name in s.methods}}
+    evals = {name: _qa_scores(module, name, path, s, sets, out / "eval" / name)
+             for name, path in dirs.items()}
+
+    log.info("Step 5/5  Results")
+    results = _write_qa_results(module, s, out, models, runs, evals)
+    log.info("Bench done in %.0f s", time.perf_counter() - start)
+    return results
+
+
+def _qa_scores(module: Any, name: str, model_dir: Path, s: BenchSettings, sets: dict,
+               folder: Path) -> dict:
+    """One model's benchmark scores; an earlier file with the same stamp is reused."""
+    from unlearnlm.lm.interface import LM
+    from unlearnlm.rundir import write_json
+
+    stamp = {"model": str(model_dir), "limit": s.limit, "answer_tokens": s.answer_tokens,
+             "subset": s.subset, "split": s.split if s.benchmark == "tofu" else None,
+             "privleak_attack": s.privleak_attack if s.benchmark == "muse-news" else None}
+    path = folder / f"{s.benchmark}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("stamp") == stamp:
+            log.info("  %s: reusing %s", name, path)
+            return saved["scores"]
+    log.info("  %s: scoring %s", name, model_dir)
+    lm = LM.load(str(model_dir))
+    if s.benchmark == "tofu":
+        scores = module.evaluate(lm, sets, s.limit, s.answer_tokens)
+    else:
+        scores = module.evaluate(lm, sets, s.limit, s.answer_tokens, s.privleak_attack)
+    write_json(path, {"stamp": stamp, "scores": scores})
+    del lm
+    gc.collect()
+    return scores
+
+
+def _write_qa_results(module: Any, s: BenchSettings, out: Path, models: dict, runs: dict,
+                      evals: dict) -> dict:
+    """``results.json`` (settings, every model's row and where it came from) and
+    ``results.md`` (the table)."""
+    from unlearnlm.rundir import environment_versions, write_json
+
+    rows = module.summarise(evals)
+    for row in rows:
+        run = runs.get(row["model"])
+        if run is not None:
+            row["wall_time_s"] = run["wall_time_s"]
+            row["stopped"] = run["record"]["stopped"]
+    files = {"json": str(out / "results.json"), "markdown": str(out / "results.md")}
+    title = f"{s.benchmark} {s.split}" if s.benchmark == "tofu" else s.benchmark
+    table = qa_table(module.COLUMNS, rows)
+    results = {
+        "benchmark": s.benchmark, "settings": s.to_dict(), "rows": rows, "table": table,
+        "models": {kind: {"path": str(path), "suffix_accuracy": record["suffix_accuracy"],
+                          "epochs": len(record["epochs"])}
+                   for kind, (path, record) in models.items()},
+        "versions": environment_versions(), "files": files,
+    }
+    write_json(out / "results.json", results)
+    write_text_atomic(out / "results.md", f"# {title}\n\n{table}\n")
+    return results
+
+
+def qa_table(columns: tuple, rows: list[dict]) -> str:
+    """A Markdown table: one row per model, the benchmark's columns, then the method's wall
+    time and where it stopped."""
+    head = ["model", *(label for _, label, _ in columns), "wall time (s)", "stopped"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["model"], *(fmt.format(row[key]) for key, _, fmt in columns)]
+        stopped = row.get("stopped")
+        cells += [f"{row['wall_time_s']:.0f}" if "wall_time_s" in row else "-",
+                  f"epoch {stopped['epoch']} ({stopped['reason']})" if stopped else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -11,7 +11,8 @@ the forget set is memorised) and the "retain" model (retain data only). ``cached
 the one way the bench, the demo and the benchmark scripts get such a model: it fine-tunes once
 and keeps the result in the cache folder, keyed by a hash of everything that shapes it.
 
-Training is plain NLL on every token. After each epoch the mean suffix token accuracy is
+Training is plain NLL on every token (``loss_on="suffix"``: on the suffix tokens only, the
+answer of a question-answer record). After each epoch the mean suffix token accuracy is
 measured (the suffix MA, ``metrics.scores.suffix_memorization_accuracy``: teacher-forced argmax
 == true token over the suffix), and training stops once it reaches ``target_accuracy``.
 
@@ -87,7 +88,8 @@ def finetune(
     for epoch in range(1, s.max_epochs + 1):
         if private is None:
             loss = _epoch(policy, optimizer, accelerator, samples, s.batch_size, rng, pad,
-                          progress, epoch, _General(mixed, reference, s.general_weight))
+                          progress, epoch, _General(mixed, reference, s.general_weight),
+                          suffix_only=s.loss_on == "suffix")
         else:
             loss = private_epoch(policy, private, [x.input_ids for x in samples], pad,
                                  accelerator.device, accelerator.autocast, progress, epoch)
@@ -137,7 +139,8 @@ def _new_record(s: FinetuneSettings) -> dict:
                 "suffix_tokens", "mixed_precision", "seed", "trainable_layers", "general",
                 "general_per_step", "general_tokens", "general_loss", "general_weight",
                 "lora_rank", "lora_alpha", "lora_target_modules", "merge",
-                "gradient_checkpointing", "dtype", "dp_epsilon", "dp_delta", "dp_max_grad_norm")
+                "gradient_checkpointing", "dtype", "dp_epsilon", "dp_delta", "dp_max_grad_norm",
+                "loss_on")
     return {
         "model": s.model, "data": s.data, "data_sha256": file_sha256(s.data),
         "settings": {name: getattr(s, name) for name in recorded},
@@ -211,7 +214,7 @@ def _general_batches(path: str | None, tokenizer, per_step: int, tokens: int,
 
 
 def _epoch(model, optimizer, accelerator, samples, batch_size, rng, pad, progress, epoch,
-           general: _General) -> float:
+           general: _General, suffix_only: bool = False) -> float:
 
     model.train()
     order = list(range(len(samples)))
@@ -219,8 +222,8 @@ def _epoch(model, optimizer, accelerator, samples, batch_size, rng, pad, progres
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     total = 0.0
     for batch in tqdm(batches, desc=f"fine-tune epoch {epoch}", leave=False, disable=not progress):
-        parts = collate([samples[i].input_ids for i in batch], [1] * len(batch), pad,
-                        accelerator.device)
+        starts = [len(samples[i].prefix_ids) if suffix_only else 1 for i in batch]
+        parts = collate([samples[i].input_ids for i in batch], starts, pad, accelerator.device)
         with accelerator.autocast():
             logits = model(input_ids=parts["input_ids"],
                            attention_mask=parts["attention_mask"]).logits
