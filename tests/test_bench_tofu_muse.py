@@ -177,7 +177,7 @@ def test_unknown_benchmark_or_split_is_one_line_and_exit_2(tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize(("benchmark", "fetch"), [("tofu", "tofu"), ("muse-news", "muse-news")])
+@pytest.mark.parametrize(("benchmark", "fetch"), [("tofu", "tofu"), ("muse-news", "muse_news")])
 def test_a_missing_data_set_names_the_fetch_command(benchmark, fetch, tmp_path, monkeypatch,
                                                     capsys):
     (tmp_path / "empty").mkdir()
@@ -187,6 +187,19 @@ def test_a_missing_data_set_names_the_fetch_command(benchmark, fetch, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert f"run `unlearnlm data fetch {fetch}`" in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_set_fetched_into_the_cache_is_found_without_a_data_folder(tmp_path, monkeypatch):
+    from unlearnlm.bench.tofu import data_folder
+    from unlearnlm.paths import data_cache
+
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("UNLEARNLM_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("UNLEARNLM_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(UnlearnError, match="data fetch muse_news"):
+        data_folder("muse_news", "muse_news")
+    (data_cache() / "muse_news").mkdir(parents=True)
+    assert data_folder("muse_news", "muse_news") == data_cache() / "muse_news"
 
 
 @pytest.mark.parametrize(("file", "content", "problem"), [

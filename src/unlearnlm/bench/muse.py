@@ -54,23 +54,23 @@ def _texts(path, fetch: str) -> list[str]:
 
 def load(subset: float | None) -> dict[str, list]:
     """MUSE-News's sets, each cut to the same fraction ``subset``."""
-    folder = data_folder("muse_news", "muse-news")
+    folder = data_folder("muse_news", "muse_news")
     qa = ("question", "answer")
     sets = {
         "verbmem": read_json_items(folder / "verbmem" / "forget.json", ("prompt", "gt"),
-                                   "muse-news"),
-        "knowmem_forget": read_json_items(folder / "knowmem" / "forget_qa.json", qa, "muse-news"),
+                                   "muse_news"),
+        "knowmem_forget": read_json_items(folder / "knowmem" / "forget_qa.json", qa, "muse_news"),
         "knowmem_retain": read_json_items(folder / "knowmem" / "retain2_qa.json", qa,
-                                          "muse-news"),
-        "privleak_forget": _texts(folder / "privleak" / "forget.json", "muse-news"),
-        "privleak_retain": _texts(folder / "privleak" / "retain2.json", "muse-news"),
-        "privleak_holdout": _texts(folder / "privleak" / "holdout.json", "muse-news"),
+                                          "muse_news"),
+        "privleak_forget": _texts(folder / "privleak" / "forget.json", "muse_news"),
+        "privleak_retain": _texts(folder / "privleak" / "retain2.json", "muse_news"),
+        "privleak_holdout": _texts(folder / "privleak" / "holdout.json", "muse_news"),
     }
     sets = {name: keep(items, subset) for name, items in sets.items()}
     for name in ("forget", "retain"):  # the few-shot examples stay whole
         sets[f"icl_{name}"] = read_json_items(
             folder / "knowmem" / f"{'retain2' if name == 'retain' else name}_qa_icl.json", qa,
-            "muse-news")
+            "muse_news")
     return sets
 
 

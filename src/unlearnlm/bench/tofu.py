@@ -68,12 +68,14 @@ def read_json_items(path: Path, keys: tuple[str, ...], fetch: str) -> list[dict]
 
 
 def data_folder(name: str, fetch: str) -> Path:
-    from unlearnlm.paths import data_root
+    """The set's folder: in the data folder, else where `unlearnlm data fetch` put it."""
+    from unlearnlm.paths import data_cache, data_root, find_data
 
-    root = data_root(required=False)
-    folder = root / name if root else None
+    folder = find_data(name)
     if folder is None or not folder.is_dir():
-        raise UnlearnError(f"the {fetch} data set was not found ({folder or 'no data folder'}); "
+        root = data_root(required=False)
+        looked = f"{root / name} and {data_cache() / name}" if root else str(data_cache() / name)
+        raise UnlearnError(f"the {fetch} data set was not found (looked in {looked}); "
                            f"run `unlearnlm data fetch {fetch}` (or set UNLEARNLM_DATA)")
     return folder
 
