@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file
 
 from unlearnlm.data.records import PRIVATE_FIELDS, leaked_fields, write_records
-from unlearnlm.demo import DemoSettings, _wikitext, make_data
+from unlearnlm.demo import DemoSettings, make_data, wikitext_texts
 from unlearnlm.lm.interface import LM
 from unlearnlm.metrics.scores import perplexity
 from unlearnlm.rundir import write_json
@@ -76,7 +76,7 @@ def leaks(lm: LM, records: list[dict]) -> int:
 def measure(lm: LM, sets: dict[str, list[dict]], docs: int) -> dict:
     start = time.perf_counter()
     row = {"forget_leaked": leaks(lm, sets["forget"]), "kept_leaked": leaks(lm, sets["keep"])}
-    texts = _wikitext(docs)
+    texts = wikitext_texts(DemoSettings(wikitext_docs=docs))
     if texts:
         ids = [lm.tokenizer(t, add_special_tokens=False)["input_ids"][:256] for t in texts]
         row["wikitext_ppl"] = round(perplexity(lm, [i for i in ids if len(i) > 1]), 2)
